@@ -1,0 +1,74 @@
+"""ReceiveBuffer: the pure byte logic of a stream reader (lines, sizes, limits); no sockets."""
+
+from __future__ import annotations
+
+from .errors import BufferLimitExceeded, LineTooLong
+
+__all__ = ["ReceiveBuffer"]
+
+
+class ReceiveBuffer:
+    """Bytes received and not yet consumed.
+
+    Args:
+        max_line_length: the longest line `take_line()` waits for before raising LineTooLong.
+        max_size: the most bytes `feed()` accepts before raising BufferLimitExceeded.
+    """
+
+    __slots__ = ("_data", "_scanned", "max_line_length", "max_size")
+
+    def __init__(self, max_line_length: int, max_size: int) -> None:
+        self._data = bytearray()
+        self._scanned = 0  # bytes already searched for a newline without finding one
+        self.max_line_length = max_line_length
+        self.max_size = max_size
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if len(self._data) + len(data) > self.max_size:
+            raise BufferLimitExceeded(
+                f"more than max_buffer_size={self.max_size} bytes buffered from the client; "
+                "read more often or raise the handler's max_buffer_size")
+        self._data += data
+
+    def take(self, size: int) -> bytes:
+        """Remove and return up to `size` bytes (all when `size` < 0)."""
+        data = self._data
+        if size < 0 or size >= len(data):
+            out = bytes(data)
+            data.clear()
+        else:
+            out = bytes(data[:size])
+            del data[:size]
+        self._scanned = 0
+        return out
+
+    def take_line(self, limit: int = -1) -> bytes | None:
+        """Remove and return one line (with its b"\\n"), or the first `limit` bytes when no
+        line ends within them; None when more input is needed.
+
+        Raises:
+            LineTooLong: no b"\\n" within `max_line_length` bytes and no smaller `limit`.
+        """
+        data = self._data
+        end = data.find(b"\n", self._scanned)
+        if end >= 0:
+            end += 1
+            if 0 <= limit < end:
+                end = limit
+        elif 0 <= limit <= len(data):
+            end = limit
+        else:
+            self._scanned = len(data)
+            if len(data) > self.max_line_length:
+                raise LineTooLong(
+                    f"no line ending within max_line_length={self.max_line_length} bytes; "
+                    "pass readline(limit) or raise the handler's max_line_length")
+            return None
+        out = bytes(data[:end])
+        del data[:end]
+        self._scanned = 0
+        return out

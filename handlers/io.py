@@ -1,0 +1,288 @@
+"""AsyncReader / AsyncWriter: awaitable `rfile` / `wfile` for `async def` handlers.
+
+They run in two worlds and choose by the socket they are given:
+- a non-blocking socket (the reactor's own requests): reads and writes that would block
+  suspend the request through `reactor` traps; output that cannot leave at once is queued and
+  sent by the reactor as the socket allows;
+- a blocking socket (threads, forked children, `run_blocking`): plain blocking calls, the
+  socket's own timeout giving `TimeoutError`. No trap is ever yielded for I/O there.
+
+Why reads wait before they try: after a short `recv()` the kernel buffer is almost always
+empty, so trying again would cost a failed system call and an exception per request. We wait
+for readability first then, and try first only after a `recv()` filled its whole buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, AsyncIterator
+
+import reactor
+
+from .buffers import ReceiveBuffer
+from .errors import BufferLimitExceeded
+
+__all__ = ["AsyncReader", "AsyncWriter"]
+
+RECV_SIZE = 65536
+
+
+class AsyncReader:
+    """The `rfile` of an async handler. Its methods are awaited; EOF gives b"" as a file does.
+
+    Raises (from the read methods):
+        TimeoutError: the peer sent nothing within the handler's `timeout`.
+        LineTooLong / BufferLimitExceeded: the peer exceeded `max_line_length` /
+            `max_buffer_size`.
+    """
+
+    __slots__ = ("_sock", "_buffer", "_trap", "_nonblocking", "_eof", "_try_first", "_stats",
+                 "closed")
+
+    def __init__(self, sock: Any, *, timeout: float | None = None,
+                 max_line_length: int = 65536, max_buffer_size: int = 262144,
+                 stats: Any = None) -> None:
+        self._sock = sock
+        self._buffer = ReceiveBuffer(max_line_length, max_buffer_size)
+        self._nonblocking = sock.gettimeout() == 0.0
+        self._trap = reactor.WaitReadable(sock.fileno(), timeout)
+        self._eof = False
+        self._try_first = True
+        self._stats = stats
+        self.closed = False
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def at_eof(self) -> bool:
+        """True once the peer has closed its side and every byte has been read."""
+        return self._eof and not len(self._buffer)
+
+    async def readline(self, limit: int = -1) -> bytes:
+        """One line including its b"\\n"; at most `limit` bytes when `limit` >= 0; the rest of
+        the stream (maybe b"") at EOF."""
+        buffer = self._buffer
+        while True:
+            line = buffer.take_line(limit)
+            if line is not None:
+                return line
+            if self._eof:
+                return buffer.take(-1)
+            await self._fill()
+
+    async def read(self, size: int = -1) -> bytes:
+        """`size` bytes, fewer only at EOF; with `size` < 0, everything until EOF (bounded by
+        `max_buffer_size`)."""
+        buffer = self._buffer
+        while not self._eof and (size < 0 or len(buffer) < size):
+            await self._fill()
+        return buffer.take(size)
+
+    async def read1(self, size: int = -1) -> bytes:
+        """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
+        if not len(self._buffer) and not self._eof:
+            await self._fill()
+        return self._buffer.take(size)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    def close(self) -> None:
+        """Stop reading; buffered input is discarded. The socket stays open (the server
+        closes it)."""
+        self.closed = True
+
+    async def _fill(self) -> None:
+        if self.closed:
+            raise ValueError("read from a closed rfile")
+        sock = self._sock
+        if self._nonblocking:
+            while True:
+                if not self._try_first:
+                    await reactor.wait(self._trap)
+                try:
+                    data = sock.recv(RECV_SIZE)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    self._try_first = False
+        else:
+            data = sock.recv(RECV_SIZE)
+        self._try_first = len(data) == RECV_SIZE
+        if not data:
+            self._eof = True
+            return
+        if self._stats is not None:
+            self._stats.bytes_in = (self._stats.bytes_in or 0) + len(data)
+        self._buffer.feed(data)
+
+
+class AsyncWriter:
+    """The `wfile` of an async handler.
+
+    `write(data)` never blocks a reactor: it sends what the socket takes at once and queues
+    the rest, which the reactor sends as the socket allows. `await drain()` waits until the
+    queue is back under `high_water`. Everything queued is sent before the connection closes
+    (within the handler's timeout).
+
+    Raises:
+        BufferLimitExceeded: from `write()`, when the queue would pass `max_write_buffer`
+            (a handler that writes a lot must `await drain()`).
+        ConnectionError: from `write()`/`drain()` once the peer has gone.
+    """
+
+    __slots__ = ("_sock", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
+                 "_flusher", "_error", "_stats", "high_water", "max_write_buffer", "closed")
+
+    def __init__(self, sock: Any, *, reactor: Any = None, timeout: float | None = None,
+                 high_water: int = 65536, max_write_buffer: int = 4 * 1024 * 1024,
+                 stats: Any = None) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._reactor = reactor
+        self._nonblocking = sock.gettimeout() == 0.0 and reactor is not None
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._trap = _WaitWritable(self._fd, timeout)
+        self._flusher: Any = None
+        self._error: BaseException | None = None
+        self._stats = stats
+        self.high_water = high_water
+        self.max_write_buffer = max_write_buffer
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self._queued
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Send `data` (queued if the socket is full); returns its length."""
+        if self._error is not None:
+            raise self._error
+        if self.closed:
+            raise ValueError("write to a closed wfile")
+        size = memoryview(data).nbytes
+        if not size:
+            return 0
+        if not self._nonblocking:
+            self._sock.sendall(data)
+            self._count(size)
+            return size
+        sent = 0
+        if not self._queue:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                raise
+            self._count(sent)
+            if sent == size:
+                return size
+        rest = bytes(memoryview(data)[sent:])
+        if self._queued + len(rest) > self.max_write_buffer:
+            raise BufferLimitExceeded(
+                f"more than max_write_buffer={self.max_write_buffer} bytes queued for a client "
+                "that is not reading; await wfile.drain() between writes")
+        self._queue.append(rest)
+        self._queued += len(rest)
+        if self._flusher is None:
+            self._flusher = self._reactor.add_writer(self._fd, self._flush_ready)
+        return size
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Nothing to do: output leaves as the socket allows (await `drain()` to wait)."""
+
+    async def drain(self) -> None:
+        """Wait until queued output is under `high_water` bytes.
+
+        Raises:
+            TimeoutError: the peer read nothing for the handler's `timeout`.
+            ConnectionError: the peer has gone.
+        """
+        if self._queued > self.high_water:
+            await self._send_queue(self.high_water // 4)
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """No more writes; what is queued is still sent before the connection closes."""
+        self.closed = True
+
+    async def wait_flushed(self) -> None:
+        """Wait until every queued byte has been handed to the kernel (errors are kept, not
+        raised: the peer may legitimately have gone)."""
+        try:
+            await self._send_queue(0)
+        except (OSError, TimeoutError):
+            self._queue.clear()
+            self._queued = 0
+        self._stop_flusher()
+
+    async def _send_queue(self, target: int) -> None:
+        self._stop_flusher()
+        try:
+            while self._queued > target and self._error is None:
+                await reactor.wait(self._trap)
+                self._send_some()
+        finally:
+            if self._queue and self._error is None and not self._reactor.closed:
+                self._flusher = self._reactor.add_writer(self._fd, self._flush_ready)
+
+    def _flush_ready(self) -> None:
+        self._send_some()
+        if not self._queue:
+            self._stop_flusher()
+
+    def _send_some(self) -> None:
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            try:
+                sent = self._sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._count(sent)
+            self._queued -= sent
+            if sent < len(head):
+                queue[0] = head[sent:]
+                return
+            queue.popleft()
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher = None
+            self._reactor.remove_writer(self._fd)
+
+    def _fail(self, exc: OSError) -> None:
+        self._error = exc
+        self._queue.clear()
+        self._queued = 0
+        self._stop_flusher()
+
+    def _count(self, sent: int) -> None:
+        if self._stats is not None and sent:
+            self._stats.bytes_out = (self._stats.bytes_out or 0) + sent
+
+
+_WaitWritable = reactor.WaitWritable

@@ -1,0 +1,107 @@
+"""StreamRequestHandler: `rfile`/`wfile` over a connected socket.
+
+For `def handle()` it is the standard library's class: `rfile` a buffered file from
+`makefile('rb', rbufsize)`, `wfile` an unbuffered `SocketWriter` (or `makefile('wb', wbufsize)`),
+the socket blocking or with exactly `timeout`. For `async def handle()` the files are an
+`AsyncReader`/`AsyncWriter` pair whose methods are awaited and whose bounds are the
+`max_*` attributes below.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from typing import Any
+
+from .base import BaseRequestHandler
+from .io import AsyncReader, AsyncWriter
+
+__all__ = ["StreamRequestHandler", "SocketWriter"]
+
+
+class SocketWriter(io.BufferedIOBase):
+    """An unbuffered binary writer over a socket: `write()` sends everything at once (retrying
+    after signals, as `sendall()` does) and returns the byte count. Closing it does not close
+    the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            return view.nbytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+class StreamRequestHandler(BaseRequestHandler):
+    """Same contract as `socketserver.StreamRequestHandler`, plus async files.
+
+    Attributes (class-level defaults; override in a subclass):
+        rbufsize: read buffer of a classic `rfile` (-1: default size, 0: unbuffered).
+        wbufsize: write buffer of a classic `wfile` (0: unbuffered `SocketWriter`).
+        timeout: seconds a single socket operation (classic) or wait (async) may take;
+            None for no limit. Exceeding it raises `TimeoutError` in `handle()`.
+        disable_nagle_algorithm: set TCP_NODELAY on the connection.
+        max_line_length: async `readline()` bound (LineTooLong beyond it).
+        max_buffer_size: async input bytes buffered at most (BufferLimitExceeded beyond it).
+        write_high_water: async queued output above which `drain()` waits.
+        max_write_buffer: async queued output bound (BufferLimitExceeded from `write()`).
+    """
+
+    rbufsize = -1
+    wbufsize = 0
+    timeout: float | None = None
+    disable_nagle_algorithm = False
+    max_line_length = 65536
+    max_buffer_size = 262144
+    write_high_water = 65536
+    max_write_buffer = 4 * 1024 * 1024
+
+    connection: Any
+    rfile: Any
+    wfile: Any
+
+    def setup(self) -> Any:
+        self.connection = self.request
+        connection = self.connection
+        on_reactor = self.handle_is_async and connection.gettimeout() == 0.0
+        if self.timeout is not None and not on_reactor:
+            connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if self.handle_is_async:
+            stats = self._request_entry
+            self.rfile = AsyncReader(
+                connection, timeout=self.timeout if on_reactor else None,
+                max_line_length=self.max_line_length, max_buffer_size=self.max_buffer_size,
+                stats=stats)
+            self.wfile = AsyncWriter(
+                connection, reactor=self.reactor if on_reactor else None,
+                timeout=self.timeout, high_water=self.write_high_water,
+                max_write_buffer=self.max_write_buffer, stats=stats)
+            return
+        self.rfile = connection.makefile("rb", self.rbufsize)
+        if self.wbufsize == 0:
+            self.wfile = SocketWriter(connection)
+        else:
+            self.wfile = connection.makefile("wb", self.wbufsize)
+
+    def finish(self) -> Any:
+        if not self.wfile.closed:
+            try:
+                self.wfile.flush()
+            except OSError:
+                pass  # the peer has gone; nothing more can be delivered
+        self.wfile.close()
+        self.rfile.close()
+
+    async def _wait_output_sent(self) -> None:
+        wfile = getattr(self, "wfile", None)
+        if isinstance(wfile, AsyncWriter):
+            await wfile.wait_flushed()

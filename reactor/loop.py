@@ -1,0 +1,559 @@
+"""Reactor: the selectors-driven loop every server of the library runs on.
+
+The loop owns the phases of one turn (`run_once`): wait for I/O, run the waiters of ready
+descriptors, run due timers, run callbacks queued with `call_soon`. The mechanics live
+elsewhere: `interest.py` (descriptor waiters), `timers.py` (deadlines), `requests.py` (the
+table), `tasks.py` (coroutines), `waker.py` (wake-ups from other threads and signals).
+
+Why timeouts are lazy: a request that waits for input with a timeout would otherwise arm and
+cancel a timer on every wait. Each task instead keeps one timer; a new wait only moves the
+task's `deadline` later, and when the timer fires early it re-arms itself at the current
+deadline. A busy connection therefore costs no heap operation per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import signal
+import threading
+from typing import Any, Callable, Coroutine, Final, final
+
+from .clock import Clock, MonotonicClock
+from .errors import Cancelled, ClosedResourceError, ReactorError
+from .interest import InterestTable
+from .requests import RequestEntry, RequestTable, Stage
+from .tasks import Task
+from .timers import TimerHandle, TimerQueue
+from .traps import Sleep, WaitReadable, WaitWritable
+from .waker import Waker
+
+__all__ = ["Reactor", "Handle"]
+
+logger = logging.getLogger("reactor")
+
+MAX_SLEEP_SECONDS: Final = 24 * 60 * 60  # keeps epoll's millisecond timeout in range
+
+
+class Handle:
+    """A queued or registered callback. `cancel()` stops it from running again."""
+
+    __slots__ = ("callback", "args", "cancelled")
+
+    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def run(self) -> None:
+        if not self.cancelled:
+            self.callback(*self.args)
+
+    def __repr__(self) -> str:
+        return f"<Handle {'cancelled ' if self.cancelled else ''}{self.callback!r}>"
+
+
+@final
+class Reactor:
+    """A single-threaded event loop that serves any number of servers.
+
+    Args:
+        selector: the `selectors.BaseSelector` to wait with (default `DefaultSelector()`).
+        clock: where time is read (default the monotonic clock; tests pass a fake one).
+
+    All methods must be called from the thread running the loop, except `call_soon_threadsafe`
+    and `shutdown`, which any thread (or a signal handler) may call.
+    """
+
+    def __init__(self, selector: selectors.BaseSelector | None = None, *,
+                 clock: Clock | None = None) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._clock = clock if clock is not None else MonotonicClock()
+        self._now = self._clock.now
+        self._interest = InterestTable(self._selector)
+        self._timers = TimerQueue()
+        self._ready: collections.deque[Any] = collections.deque()
+        self._requests = RequestTable(self._now)
+        self._listeners: list[Any] = []
+        self._service_actions: list[tuple[Any, Callable[[], object]]] = []
+        self._signals: dict[int, tuple[Handle, Any]] = {}
+        self._pending_signals: collections.deque[int] = collections.deque()
+        self._waker = Waker()
+        self._interest.set_reader(self._waker.fileno(), Handle(self._on_wake, ()))
+        self._current: Task | None = None
+        self._loop_thread: int | None = None
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._closed = False
+
+    # ----------------------------------------------------------------- public surface
+    @property
+    def requests(self) -> RequestTable:
+        """Every request in flight on this reactor: a read-only sequence of `RequestEntry`."""
+        return self._requests
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def servers(self) -> tuple[Any, ...]:
+        """The servers registered on this reactor, in registration order."""
+        return tuple(self._listeners)
+
+    def time(self) -> float:
+        """The reactor clock's current time (seconds)."""
+        return self._now()
+
+    def is_serving_thread(self) -> bool:
+        """True when called on the thread that is running this reactor's loop right now."""
+        return self._loop_thread is not None and self._loop_thread == threading.get_ident()
+
+    def register(self, server: Any) -> None:
+        """Serve `server` on this loop.
+
+        Servers of this library attach themselves. Any other object with `fileno()` (a server
+        of the standard library's `socketserver`, for example) is run the classic way: when
+        its descriptor is readable the loop calls its `_handle_request_noblock()` (or
+        `handle_request()`), and its `service_actions()` once per turn.
+        """
+        self._check_open()
+        if server in self._listeners:
+            raise ReactorError(f"{server!r} is already registered on this reactor")
+        attach = getattr(server, "attach", None)
+        if callable(attach):
+            attach(self)
+        else:
+            serve_one = getattr(server, "_handle_request_noblock", None) or server.handle_request
+            self.add_reader(server.fileno(), serve_one)
+        self._listeners.append(server)
+        actions = getattr(server, "service_actions", None)
+        if callable(actions):
+            self._service_actions.append((server, actions))
+
+    def unregister(self, server: Any) -> None:
+        """Stop serving `server` at once (no drain; see `shutdown()` for a graceful stop).
+        Requests already handed to threads or children are not affected."""
+        if server not in self._listeners:
+            return
+        self._listeners.remove(server)
+        self._service_actions = [(s, a) for s, a in self._service_actions if s is not server]
+        detach = getattr(server, "detach", None)
+        if callable(detach):
+            detach(self)
+        else:
+            try:
+                self.remove_reader(server.fileno())
+            except (OSError, ValueError):
+                pass  # its socket is already closed
+        self._waker.wake()  # serve_forever may be waiting for the last server to leave
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run `callback(*args)` on the loop's next turn, after I/O and timers."""
+        handle = Handle(callback, args)
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Like `call_soon`, from any thread or a signal handler; wakes the loop at once.
+        A callback sent to a closed reactor is dropped."""
+        handle = Handle(callback, args)
+        if not self._closed:
+            self._ready.append(handle)
+            self._waker.wake()
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run `callback(*args)` after `delay` seconds; returns a handle with `cancel()`."""
+        return self._timers.schedule(self._now() + max(0.0, delay), callback, *args)
+
+    def call_at(self, deadline: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run `callback(*args)` once the reactor clock reaches `deadline`."""
+        return self._timers.schedule(deadline, callback, *args)
+
+    def add_reader(self, fd: Any, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Call `callback(*args)` whenever `fd` (a descriptor or object with `fileno()`) is
+        readable, until `remove_reader(fd)`. Replaces any earlier reader of `fd`."""
+        handle = Handle(callback, args)
+        self._interest.set_reader(_fileno(fd), handle)
+        return handle
+
+    def remove_reader(self, fd: Any) -> None:
+        """Stop watching `fd` for readability. Call it before closing the descriptor."""
+        fd = _fileno(fd)
+        self._interest.clear_reader(fd)
+        if self._interest.writer_of(fd) is None:
+            self._interest.forget(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Call `callback(*args)` whenever `fd` is writable, until `remove_writer(fd)`."""
+        handle = Handle(callback, args)
+        self._interest.set_writer(_fileno(fd), handle)
+        return handle
+
+    def remove_writer(self, fd: Any) -> None:
+        """Stop watching `fd` for writability. Call it before closing the descriptor."""
+        fd = _fileno(fd)
+        self._interest.clear_writer(fd)
+        if self._interest.reader_of(fd) is None:
+            self._interest.forget(fd)
+
+    def forget(self, fd: int) -> None:
+        """Drop every reader and writer of `fd` now; call before closing a descriptor that
+        tasks waited on."""
+        self._interest.forget(fd)
+
+    def add_signal_handler(self, signum: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback(*args)` on the loop when signal `signum` arrives.
+
+        The callback runs between requests, never inside one, so it may call `shutdown()`.
+        Must be called from the main thread (Python delivers signals there).
+
+        Raises:
+            ValueError: not on the main thread, or `signum` cannot be caught.
+        """
+        self._check_open()
+        previous = signal.signal(signum, self._on_signal)
+        old = self._signals.get(signum)
+        self._signals[signum] = (Handle(callback, args), old[1] if old else previous)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Restore the handler `signum` had before `add_signal_handler`; False if none was set."""
+        item = self._signals.pop(signum, None)
+        if item is None:
+            return False
+        signal.signal(signum, item[1] if item[1] is not None else signal.SIG_DFL)
+        return True
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], entry: RequestEntry | None = None,
+              on_done: Callable[[Task], None] | None = None) -> Task:
+        """Run `coro` as a task on this loop, starting on the next turn.
+
+        `entry`, if given, is the request-table row it serves: the task keeps its stage up to
+        date, and the row leaves the table when the task ends. `on_done(task)` runs then.
+        """
+        self._check_open()
+        task = Task(coro, entry, self._advance)
+        task.on_done = on_done
+        if entry is not None:
+            entry.task = task
+        self._ready.append(Handle(self._advance, (task, None)))
+        return task
+
+    def cancel(self, task: Task) -> None:
+        """Throw `reactor.Cancelled` into `task` at its current (or next) suspension point."""
+        if task.done:
+            return
+        task.cancel_requested = True
+        if task.parked:  # otherwise it is running or not started: _advance/_park deliver it
+            self._ready.append(Handle(self._deliver_cancel, (task,)))
+
+    def open_request(self, server: Any, request: Any, client_address: Any,
+                     fd: int = -1) -> RequestEntry:
+        """Add a row to the request table (servers call this when they accept a request)."""
+        return self._requests.open(server, request, client_address, fd)
+
+    def close_request(self, entry: RequestEntry) -> None:
+        """Remove a row from the request table; closing twice is harmless."""
+        self._requests.close(entry)
+
+    def statistics(self) -> dict[str, int]:
+        """Counts an operator (or a leak check) can look at."""
+        return {
+            "requests": len(self._requests),
+            "descriptors": len(self._interest) - 1,  # the waker is ours, not the user's
+            "timers": len(self._timers),
+            "callbacks": len(self._ready),
+            "servers": len(self._listeners),
+        }
+
+    # ----------------------------------------------------------------- running
+    def run_once(self, timeout: float | None = None) -> int:
+        """Wait at most `timeout` seconds (None: until something happens) for I/O, then run
+        everything that became runnable. Returns how many events, timers and callbacks ran."""
+        self._check_open()
+        events = self._selector.select(self._sleep_budget(timeout))
+        self._interest.dispatch(events)
+        done = len(events)
+        if self._timers:
+            done += self._run_due_timers()
+        if self._ready:
+            done += self._run_ready()
+        return done
+
+    def run_until(self, finished: Callable[[], bool], poll_interval: float | None = 0.5) -> None:
+        """Run turns until `finished()` is true, calling each server's `service_actions()`
+        once per turn. Waits at most `poll_interval` seconds per turn (None: no limit)."""
+        self._check_open()
+        if self._loop_thread is not None:
+            raise ReactorError("this reactor is already running; one loop runs it at a time")
+        self._loop_thread = threading.get_ident()
+        self._stopped.clear()
+        try:
+            while not finished():
+                self.run_once(poll_interval)
+                if self._service_actions:
+                    self._run_service_actions()
+        finally:
+            self._loop_thread = None
+            self._stopped.set()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve every registered server until `shutdown()` has drained them all.
+
+        `poll_interval` bounds how long a turn waits, so that `service_actions()` runs at
+        least that often; wake-ups (shutdown, other threads, signals) never wait for it.
+        """
+        try:
+            self.run_until(self._shutdown_complete, poll_interval)
+        finally:
+            self._stop_requested = False
+
+    def shutdown(self) -> None:
+        """Stop every server gracefully and make `serve_forever()` return.
+
+        Servers stop accepting at once; requests in flight finish within each server's
+        `shutdown_timeout`, then are cancelled. From another thread this blocks until the loop
+        has returned; on the loop's thread (in a handler, a callback, a signal handler) it
+        returns at once and the loop stops after the current turn.
+        """
+        if self._closed:
+            return
+        self._stop_requested = True
+        self.call_soon_threadsafe(self._begin_shutdown)
+        if self._loop_thread is not None and not self.is_serving_thread():
+            self._stopped.wait()
+
+    def close(self) -> None:
+        """Release the loop's descriptors and signal handlers. Tasks still alive are closed
+        (their `finally` blocks run). Closing twice is harmless."""
+        if self._closed:
+            return
+        if self._loop_thread is not None and not self.is_serving_thread():
+            raise ReactorError("close() was called while the loop runs in another thread; "
+                               "call shutdown() first")
+        for signum in list(self._signals):
+            self.remove_signal_handler(signum)
+        for entry in list(self._requests):
+            if entry.task is not None and not entry.task.done:
+                _close_coroutine(entry.task)
+            self._requests.close(entry)
+        self._closed = True
+        self._ready.clear()
+        self._interest.forget(self._waker.fileno())
+        self._waker.close()
+        self._selector.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Reactor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._loop_thread else "idle")
+        return (f"<Reactor {state} servers={len(self._listeners)} "
+                f"requests={len(self._requests)}>")
+
+    # ----------------------------------------------------------------- turn phases
+    def _sleep_budget(self, timeout: float | None) -> float | None:
+        if self._ready:
+            return 0.0
+        deadline = self._timers.next_deadline()
+        if deadline is not None:
+            until_timer = max(0.0, deadline - self._now())
+            timeout = until_timer if timeout is None else min(timeout, until_timer)
+        return None if timeout is None else min(max(0.0, timeout), MAX_SLEEP_SECONDS)
+
+    def _run_due_timers(self) -> int:
+        due = self._timers.pop_due(self._now())
+        for timer in due:
+            timer.run()
+        return len(due)
+
+    def _run_ready(self) -> int:
+        # Only what is runnable now: callbacks queued meanwhile wait for the next turn,
+        # so no request can starve the others.
+        ready = self._ready
+        count = len(ready)
+        for _ in range(count):
+            ready.popleft().run()
+        return count
+
+    def _run_service_actions(self) -> None:
+        for server, actions in list(self._service_actions):
+            try:
+                actions()
+            except Exception:
+                logger.exception("service_actions() of %r raised; the server keeps serving",
+                                 server)
+                handle_error = getattr(server, "handle_error", None)
+                if callable(handle_error):
+                    handle_error(None, None)
+
+    def _on_wake(self) -> None:
+        self._waker.drain()
+        pending = self._pending_signals
+        while pending:
+            item = self._signals.get(pending.popleft())
+            if item is not None:
+                item[0].run()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._pending_signals.append(signum)
+        self._waker.wake()
+
+    def _begin_shutdown(self) -> None:
+        for server in list(self._listeners):
+            begin = getattr(server, "begin_shutdown", None)
+            if callable(begin):
+                begin()
+            else:
+                self.unregister(server)
+
+    def _shutdown_complete(self) -> bool:
+        return self._stop_requested and not self._listeners
+
+    # ----------------------------------------------------------------- tasks
+    def _advance(self, task: Task, error: BaseException | None) -> None:
+        """Resume one task and park it on whatever it waits for next."""
+        if task.done:
+            return
+        if task.cancel_requested and error is None:
+            task.cancel_requested = False
+            error = Cancelled()
+        task.deadline = None
+        task.parked = False
+        sleeper = task.sleep_timer
+        if sleeper is not None:
+            sleeper.cancel()
+            task.sleep_timer = None
+        entry = task.entry
+        if entry is not None:
+            entry.stage = Stage.RUNNING  # hot path: WAITING/ACCEPTED -> RUNNING, always allowed
+            entry.waiting_for = None
+        previous, self._current = self._current, task
+        try:
+            trap = task.step(error)
+        finally:
+            self._current = previous
+        if trap is None:
+            self._finish(task)
+        else:
+            self._park(task, trap)
+
+    def _park(self, task: Task, trap: Any) -> None:
+        kind = type(trap)
+        previous = task.trap
+        if previous is not None and previous is not trap:
+            self._unregister_trap(task, previous)
+        task.trap = trap
+        if kind is WaitReadable:
+            self._interest.set_reader(trap.fd, task)
+        elif kind is WaitWritable:
+            self._interest.set_writer(trap.fd, task)
+        elif kind is Sleep:
+            if trap.seconds > 0:
+                task.sleep_timer = self._timers.schedule(
+                    self._now() + trap.seconds, self._wake_sleeper, task, trap)
+            else:
+                self._ready.append(Handle(self._wake_sleeper, (task, trap)))
+        else:
+            task.trap = None
+            self._ready.append(Handle(self._advance, (task, TypeError(
+                f"a request awaited {trap!r}, which the reactor cannot wait for; await "
+                "reactor.sleep() or the request's stream methods instead"))))
+            return
+        if kind is not Sleep and trap.timeout is not None:
+            self._arm_deadline(task, self._now() + trap.timeout)
+        task.parked = True
+        entry = task.entry
+        if entry is not None:
+            entry.stage = Stage.WAITING
+            entry.waiting_for = trap
+        if task.cancel_requested:
+            self._ready.append(Handle(self._deliver_cancel, (task,)))
+
+    def _unregister_trap(self, task: Task, trap: Any) -> None:
+        kind = type(trap)
+        if kind is WaitReadable:
+            if self._interest.reader_of(trap.fd) is task:
+                self._interest.clear_reader(trap.fd)
+        elif kind is WaitWritable:
+            if self._interest.writer_of(trap.fd) is task:
+                self._interest.clear_writer(trap.fd)
+
+    def _wake_sleeper(self, task: Task, trap: Any) -> None:
+        if task.parked and task.trap is trap:
+            task.sleep_timer = None
+            self._advance(task, None)
+
+    def _deliver_cancel(self, task: Task) -> None:
+        if task.parked and task.cancel_requested:
+            self._advance(task, None)
+
+    def _arm_deadline(self, task: Task, deadline: float) -> None:
+        task.deadline = deadline
+        timer = task.timer
+        if timer is None or timer.deadline > deadline:
+            if timer is not None:
+                timer.cancel()
+            task.timer = self._timers.schedule(deadline, self._on_task_deadline, task)
+
+    def _on_task_deadline(self, task: Task) -> None:
+        task.timer = None
+        deadline = task.deadline
+        if task.done or deadline is None:
+            return
+        if deadline <= self._now():
+            trap = task.trap
+            what = "send data" if type(trap) is WaitReadable else "read what was sent"
+            self._advance(task, TimeoutError(
+                f"timed out: the peer did not {what} within {getattr(trap, 'timeout', '?')} s"))
+        else:
+            task.timer = self._timers.schedule(deadline, self._on_task_deadline, task)
+
+    def _finish(self, task: Task) -> None:
+        trap = task.trap
+        if trap is not None:
+            self._unregister_trap(task, trap)
+            task.trap = None
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        if task.entry is not None:
+            self._requests.close(task.entry)
+        if task.on_done is not None:
+            task.on_done(task)
+        error = task.error
+        if error is None or isinstance(error, Cancelled):
+            return
+        if isinstance(error, Exception):
+            logger.error("task %r failed", task, exc_info=error)
+            return
+        raise error  # KeyboardInterrupt, SystemExit: leave the loop, as the stdlib does
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("this reactor is closed; create a new Reactor()")
+
+
+def _fileno(fd: Any) -> int:
+    return fd if isinstance(fd, int) else int(fd.fileno())
+
+
+def _close_coroutine(task: Task) -> None:
+    try:
+        task.coro.close()
+    except BaseException:  # noqa: BLE001 - a coroutine that refuses to close is only logged
+        logger.exception("closing %r at reactor close raised", task)
+    task.done = True

@@ -1,0 +1,481 @@
+"""BaseServer: the standard library's server contract, as a listener on a reactor.
+
+Every request takes the standard route through the overridable hooks: `fileno` (watched by the
+reactor) → `get_request` → `verify_request` → `process_request` → `finish_request` (the
+handler) → `shutdown_request` → `close_request`, with `handle_error` for exceptions and
+`service_actions` once per loop turn. `serve_forever()` and `handle_request()` are turns of a
+reactor: a private one the server creates when first needed (and closes in `server_close()`),
+or a shared one the server was registered on with `Reactor.register(server)`.
+
+How a request runs is decided per request: a handler whose `handle()` is `async def` becomes a
+task in the reactor's table; a classic handler runs inline, as in the standard library (or in
+a thread / a child with the mixins). This module holds the loop-facing half (accepting,
+bounds, back-off, shutdown and drain); `tcp.py`/`udp.py` hold the socket-facing half.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+import threading
+import traceback
+from typing import Any, Callable
+
+import handlers
+import reactor as reactor_pkg
+from reactor import RequestEntry, Stage
+
+__all__ = ["BaseServer"]
+
+logger = logging.getLogger("servers")
+
+# Accept errors that mean "out of a resource": back off instead of retrying at once (which
+# would spin the loop at 100% CPU while the listening socket stays readable).
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class BaseServer:
+    """Same contract as `socketserver.BaseServer`, running on a reactor.
+
+    Differences from the standard library, all of them additions:
+        - `shutdown()` works from any thread, a signal handler, or a handler on the serving
+          thread (where the standard library deadlocks); it drains requests in flight.
+        - Requests with an `async def` handler run concurrently on one thread.
+        - Bounds: `max_connections`, `shutdown_timeout`, read-ahead (`read_ahead`).
+        - Exceptions from `verify_request()` reach `handle_error()` instead of ending the loop.
+
+    Attributes:
+        timeout: seconds `handle_request()` waits for a request (None: no limit).
+        max_connections: requests in flight at once; at the bound the server stops accepting
+            (the kernel's backlog holds the rest) until one ends. None: no bound.
+        shutdown_timeout: seconds `shutdown()` lets requests on the reactor finish before
+            cancelling them.
+        read_ahead: None (default), or a line ending such as b"\\n" / b"\\r\\n\\r\\n": hold each
+            new stream connection until its first request has arrived (up to
+            `read_ahead_limit` bytes, for at most `read_ahead_timeout` seconds) before the
+            handler runs, so a client that connects and dribbles cannot freeze a reactor
+            running classic handlers. The bytes stay in the socket for the handler to read.
+        accept_backoff: seconds to pause accepting after EMFILE-like accept errors.
+    """
+
+    timeout: float | None = None
+    max_connections: int | None = 4096
+    shutdown_timeout: float = 30.0
+    read_ahead: bytes | None = None
+    read_ahead_limit: int = 65536
+    read_ahead_timeout: float = 30.0
+    accept_backoff: float = 0.1
+    accept_batch: int = 32
+
+    # Private state has class-level defaults so that subclasses whose __init__ skips ours
+    # (the standard library tolerates that) still work.
+    _reactor: Any = None
+    _own_reactor: Any = None
+    _in_flight: Any = None
+    _offloaded = 0
+    _accepting = False
+    _accept_paused_until: Any = None
+    _accept_count = 0
+    _single_request = False
+    _drain_state: str | None = None
+    _drain_timer: Any = None
+    _backoff_timer: Any = None
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self.__is_shut_down = threading.Event()
+        self.__shutdown_request = False
+        self._in_flight = {}
+
+    # ------------------------------------------------------------ standard hooks
+    def server_activate(self) -> None:
+        """Called by the constructor to activate the server. May be overridden."""
+
+    def service_actions(self) -> None:
+        """Called once per turn of `serve_forever()`. May be overridden."""
+
+    def handle_timeout(self) -> Any:
+        """Called when `handle_request()` waited `timeout` seconds for nothing."""
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Return False to refuse the request (it is then shut down unhandled)."""
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Run the request: as a task on the reactor when the handler is `async def`,
+        otherwise inline (`finish_request()` then `shutdown_request()`), as the standard
+        library does. The mixins override this to use threads or child processes."""
+        reactor = self._reactor
+        if reactor is None:
+            self.finish_request(request, client_address)
+            self.shutdown_request(request)
+            return
+        entry = self._open_entry(request, client_address)
+        try:
+            entry.stage = Stage.RUNNING
+            with handlers.deferred_start(reactor, entry) as deferred:
+                self.finish_request(request, client_address)
+            if deferred.coroutine is not None:
+                self._prepare_for_reactor(request)
+                reactor.spawn(self._run_on_reactor(deferred.coroutine, request, client_address),
+                              entry, self._task_done)
+                entry = None  # the task owns the entry now
+            else:
+                entry.move_to(Stage.CLOSING)
+                self.shutdown_request(request)
+        finally:
+            if entry is not None:
+                reactor.close_request(entry)
+                self._request_closed(entry)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Construct the handler, which serves the request."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Called to shut down and close an individual request."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Called to clean up an individual request."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Report an exception raised while serving a request (call it inside `except`).
+
+        Prints the traceback to stderr, as the standard library does; override to log instead.
+        """
+        print("-" * 40, file=sys.stderr)
+        print("Exception occurred during processing of request from", client_address,
+              file=sys.stderr)
+        traceback.print_exc()
+        print("-" * 40, file=sys.stderr)
+
+    def server_close(self) -> None:
+        """Stop serving and release the server's reactor resources."""
+        reactor = self._reactor
+        if reactor is not None and not reactor.closed:
+            reactor.unregister(self)
+        self._reactor = None
+        own, self._own_reactor = self._own_reactor, None
+        if own is not None:
+            own.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+    # ------------------------------------------------------------ serving loops
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle requests until `shutdown()`; same contract as the standard library's.
+
+        `poll_interval` bounds the time between `service_actions()` calls; `shutdown()` takes
+        effect at once, without waiting for it.
+
+        Raises:
+            reactor.ReactorError: the server is registered on a shared reactor (run that
+                reactor's `serve_forever()` instead).
+        """
+        self.__is_shut_down.clear()
+        try:
+            reactor = self._serving_reactor()
+            reactor.run_until(self._serve_forever_done, poll_interval)
+        finally:
+            if self._reactor is not None and self._reactor is self._own_reactor:
+                self._reactor.unregister(self)
+            self._drain_state = None
+            self.__shutdown_request = False
+            self.__is_shut_down.set()
+
+    def shutdown(self) -> None:
+        """Stop `serve_forever()`: stop accepting at once, let requests on the reactor finish
+        within `shutdown_timeout`, then cancel the rest.
+
+        From another thread this blocks until the loop has stopped serving this server; on
+        the serving thread (in a handler, `service_actions()`, a signal handler) it returns
+        at once and the loop stops after the current turn.
+        """
+        self.__shutdown_request = True
+        reactor = self._reactor
+        if reactor is not None:
+            if reactor.is_serving_thread():
+                self._begin_shutdown_if_requested()
+                return
+            reactor.call_soon_threadsafe(self._begin_shutdown_if_requested)
+        self.__is_shut_down.wait()
+
+    def handle_request(self) -> Any:
+        """Handle one request, waiting at most `timeout` (or the socket's timeout, whichever is
+        smaller) for it; returns `handle_timeout()`'s result if none came. An async request
+        is run to completion before this returns."""
+        timeout = self.socket.gettimeout()  # type: ignore[attr-defined]
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        reactor = self._serving_reactor()
+        deadline = None if timeout is None else reactor.time() + timeout
+        before = self._accept_count
+        self._single_request = True
+        try:
+            while self._accept_count == before:
+                remaining = None if deadline is None else deadline - reactor.time()
+                if remaining is not None and remaining < 0:
+                    return self.handle_timeout()
+                reactor.run_once(remaining)
+            while self._reactor is reactor and len(self._in_flight) > self._offloaded:
+                reactor.run_once(None)
+        finally:
+            self._single_request = False
+        return None
+
+    # ------------------------------------------------------------ the listener protocol
+    def attach(self, reactor: Any) -> None:
+        """Start accepting on `reactor` (called by `Reactor.register(server)`)."""
+        if self._reactor is not None and self._reactor is not reactor:
+            raise reactor_pkg.ReactorError(
+                f"{self!r} is already registered on another reactor; unregister it there first")
+        self._reactor = reactor
+        if self._in_flight is None:
+            self._in_flight = {}
+        self._prepare_listener()
+        self._start_accepting()
+
+    def detach(self, reactor: Any) -> None:
+        """Stop accepting on `reactor` (called by `Reactor.unregister(server)`). Requests in
+        flight keep running."""
+        self._stop_accepting()
+        for timer in (self._backoff_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self._backoff_timer = self._drain_timer = None
+        if self._reactor is reactor and reactor is not self._own_reactor:
+            self._reactor = None
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting and drain (called by `Reactor.shutdown()` on the loop's thread)."""
+        if self._drain_state is not None or self._reactor is None:
+            return
+        self._drain_state = "draining"
+        self._stop_accepting()
+        self._drain_timer = self._reactor.call_later(self.shutdown_timeout, self._drain_expired)
+        self._check_drained()
+
+    # ------------------------------------------------------------ internals
+    def _serving_reactor(self) -> Any:
+        reactor = self._reactor
+        if reactor is None:
+            if self._own_reactor is None or self._own_reactor.closed:
+                self._own_reactor = reactor_pkg.Reactor()
+            reactor = self._own_reactor
+            reactor.register(self)
+        elif reactor is not self._own_reactor:
+            raise reactor_pkg.ReactorError(
+                f"{self!r} is registered on a shared reactor; call that reactor's "
+                "serve_forever() instead of the server's")
+        return reactor
+
+    def _serve_forever_done(self) -> bool:
+        self._begin_shutdown_if_requested()
+        return self._drain_state == "drained"
+
+    def _begin_shutdown_if_requested(self) -> None:
+        if self.__shutdown_request:
+            self.begin_shutdown()
+
+    def _check_drained(self) -> None:
+        if self._drain_state != "draining" or len(self._in_flight) > self._offloaded:
+            return
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        self._drain_state = "drained"
+        reactor = self._reactor
+        if reactor is not None and reactor is not self._own_reactor:
+            reactor.unregister(self)  # shared reactor: this server leaves, the others stay
+            self._drain_state = None
+            self.__shutdown_request = False
+            self.__is_shut_down.set()
+        elif reactor is not None:
+            reactor.call_soon(lambda: None)  # make the serving loop look at its predicate
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        stuck = [e for e in self._in_flight if e.stage is not Stage.OFFLOADED]
+        if stuck:
+            logger.warning("%s: shutdown_timeout=%ss passed with %d requests in flight; "
+                           "cancelling them", self._name(), self.shutdown_timeout, len(stuck))
+        for entry in stuck:
+            if entry.task is not None:
+                self._reactor.cancel(entry.task)
+            else:
+                self._abandon(entry)
+
+    def _on_listener_readable(self) -> None:
+        budget = 1 if self._single_request else self._accept_budget()
+        for _ in range(budget):
+            before = self._accept_count
+            self._handle_request_noblock()
+            if self._accept_count == before or not self._accepting:
+                break
+
+    def _accept_budget(self) -> int:
+        return 1
+
+    def _handle_request_noblock(self) -> None:
+        """Accept one request and run it through the standard hooks (never blocks: the
+        listening descriptor was reported ready)."""
+        try:
+            request, client_address = self.get_request()  # type: ignore[attr-defined]
+        except OSError as exc:
+            self._accept_failed(exc)
+            return
+        self._accept_count += 1
+        self._episode_logged = False
+        try:
+            if not self.verify_request(request, client_address):
+                self.shutdown_request(request)
+                return
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+            return
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+        if self.read_ahead is not None and self._can_read_ahead(request):
+            self._start_read_ahead(request, client_address)
+        else:
+            self._process_guarded(request, client_address)
+
+    def _process_guarded(self, request: Any, client_address: Any) -> None:
+        """`process_request()` with the standard library's error handling: an Exception goes
+        to `handle_error()`, anything else propagates; the request is shut down either way."""
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    _episode_logged = False
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in _RESOURCE_ERRNOS or self._reactor is None:
+            return  # the standard library ignores accept errors (a reset client, EAGAIN)
+        if not self._episode_logged:
+            logger.warning("%s: accept failed (%s); pausing accepts for %ss, again until "
+                           "descriptors are free", self._name(), exc, self.accept_backoff)
+            self._episode_logged = True
+        self._stop_accepting()
+        if self._backoff_timer is None:
+            self._backoff_timer = self._reactor.call_later(self.accept_backoff,
+                                                           self._end_backoff)
+
+    def _end_backoff(self) -> None:
+        self._backoff_timer = None
+        self._maybe_resume_accepting()
+
+    def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
+        entry = self._reactor.open_request(self, request, client_address,
+                                           self._request_fd(request))
+        self._in_flight[entry] = None
+        limit = self.max_connections
+        if limit is not None and len(self._in_flight) >= limit:
+            self._stop_accepting()
+        return entry
+
+    def _request_closed(self, entry: RequestEntry) -> None:
+        if entry in self._in_flight:
+            del self._in_flight[entry]
+            if entry.where is not None:
+                self._offloaded -= 1
+            self._maybe_resume_accepting()
+            self._check_drained()
+
+    def _mark_offloaded(self, entry: RequestEntry, where: str) -> None:
+        entry.move_to(Stage.OFFLOADED)
+        entry.where = where
+        self._offloaded += 1
+
+    def _maybe_resume_accepting(self) -> None:
+        if (self._accepting or self._reactor is None or self._drain_state is not None
+                or self._backoff_timer is not None or not self._below_limits()):
+            return
+        self._start_accepting()
+
+    def _below_limits(self) -> bool:
+        limit = self.max_connections
+        return limit is None or len(self._in_flight) < limit
+
+    def _start_accepting(self) -> None:
+        if not self._accepting and self._drain_state is None and self._below_limits():
+            self._reactor.add_reader(self.fileno(), self._on_listener_readable)  # type: ignore
+            self._accepting = True
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            try:
+                self._reactor.remove_reader(self.fileno())  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                pass  # the socket is already closed
+
+    def _task_done(self, task: Any) -> None:
+        self._request_closed(task.entry)
+
+    async def _run_on_reactor(self, coroutine: Any, request: Any, client_address: Any) -> None:
+        try:
+            await coroutine
+        except handlers.LimitExceeded as exc:
+            logger.warning("%s: closing connection from %s: %s", self._name(), client_address,
+                           exc)
+        except (ConnectionError, TimeoutError) as exc:
+            logger.info("%s: connection from %s ended: %s", self._name(), client_address,
+                        exc)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self._end_request(request)
+
+    def _end_request(self, request: Any) -> None:
+        fd = self._request_fd(request)
+        if fd >= 0 and self._reactor is not None and not self._reactor.closed:
+            self._reactor.forget(fd)
+        self.shutdown_request(request)
+
+    def _abandon(self, entry: RequestEntry) -> None:
+        """Close a request that has no task (held for read-ahead) without running it."""
+        if self._reactor is not None and entry.fd >= 0:
+            self._reactor.forget(entry.fd)
+        self.shutdown_request(entry.request)
+        self._reactor.close_request(entry)
+        self._request_closed(entry)
+
+    # --- read-ahead (classic handlers): hold a connection until its first request is in
+    def _can_read_ahead(self, request: Any) -> bool:
+        return False
+
+    def _start_read_ahead(self, request: Any, client_address: Any) -> None:
+        raise NotImplementedError  # pragma: no cover - stream servers implement it
+
+    # --- socket-facing hooks the concrete servers provide
+    def _prepare_listener(self) -> None:
+        """Make the listening descriptor safe to poll (stream servers set O_NONBLOCK)."""
+
+    def _prepare_for_reactor(self, request: Any) -> None:
+        """Make a request's socket non-blocking before its coroutine runs on the reactor."""
+
+    def _request_fd(self, request: Any) -> int:
+        return -1
+
+    def _name(self) -> str:
+        return f"{type(self).__name__}({self.server_address!r})"
+
+    def __repr__(self) -> str:
+        return f"<{self._name()}>"

@@ -1,0 +1,161 @@
+"""TCPServer and UnixStreamServer: stream listeners.
+
+The listening socket stays as the standard library leaves it as far as Python can tell
+(`gettimeout()` is None), but its descriptor is switched to O_NONBLOCK when it goes on a
+reactor: the reactor accepts in batches after one readiness event, and an accept that finds
+the queue empty (another process took the connection) must fail instead of freezing the loop.
+Accepted sockets are blocking, as the standard library hands them to classic handlers; a
+request whose handler is `async def` is switched to non-blocking just before its task starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from reactor import Stage
+
+from .base import BaseServer, logger
+from .unix import bind_unix, remove_if_ours
+
+__all__ = ["TCPServer", "UnixStreamServer"]
+
+
+class TCPServer(BaseServer):
+    """Same contract as `socketserver.TCPServer`.
+
+    An IPv6 literal host (`("::1", 0)`) selects AF_INET6 without subclassing.
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    request_queue_size: int = 5
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any],
+                 bind_and_activate: bool = True) -> None:
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        if self.address_family == socket.AF_INET and _is_ipv6_literal(server_address):
+            self.address_family = socket.AF_INET6
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Bind the socket (after SO_REUSEADDR / SO_REUSEPORT if asked) and record the real
+        address in `server_address`."""
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen, with a backlog of `request_queue_size`."""
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        """Stop serving and close the listening socket."""
+        BaseServer.server_close(self)
+        self.socket.close()
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor (what the reactor watches)."""
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection: returns `(socket, client_address)`."""
+        return self.socket.accept()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Shut the connection's write side (ignoring errors), then `close_request()`."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer may already have gone
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Close the connection's socket."""
+        request.close()
+
+    # -------------------------------------------------------------- reactor hooks
+    def _prepare_listener(self) -> None:
+        if self.socket.gettimeout() is None:
+            os.set_blocking(self.socket.fileno(), False)
+
+    def _accept_budget(self) -> int:
+        fd = self.socket.fileno()
+        return self.accept_batch if fd >= 0 and not os.get_blocking(fd) else 1
+
+    def _prepare_for_reactor(self, request: Any) -> None:
+        request.setblocking(False)
+
+    def _request_fd(self, request: Any) -> int:
+        fileno = getattr(request, "fileno", None)
+        return fileno() if callable(fileno) else -1
+
+    def _can_read_ahead(self, request: Any) -> bool:
+        return isinstance(request, socket.socket) and not getattr(
+            self.RequestHandlerClass, "handle_is_async", False)
+
+    def _start_read_ahead(self, request: Any, client_address: Any) -> None:
+        entry = self._open_entry(request, client_address)
+        entry.move_to(Stage.READING_AHEAD)
+        timer = self._reactor.call_later(self.read_ahead_timeout, self._read_ahead_expired,
+                                         entry)
+        self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
+
+    def _read_ahead_ready(self, entry: Any, timer: Any) -> None:
+        limit = self.read_ahead_limit
+        try:
+            peeked = entry.request.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peeked = b""  # the handler will meet the error itself
+        if peeked and len(peeked) < limit and self.read_ahead not in peeked:
+            return
+        timer.cancel()
+        self._reactor.forget(entry.fd)
+        self._reactor.close_request(entry)
+        self._request_closed(entry)
+        self._process_guarded(entry.request, entry.client_address)
+
+    def _read_ahead_expired(self, entry: Any) -> None:
+        logger.info("%s: no complete request from %s within read_ahead_timeout=%ss; closing",
+                    self._name(), entry.client_address, self.read_ahead_timeout)
+        self._abandon(entry)
+
+
+class UnixStreamServer(TCPServer):
+    """Same contract as `socketserver.UnixStreamServer`, plus socket-file care: a stale file
+    left by a crashed run gets an error saying what to do (or is removed when
+    `remove_stale_socket` is True), and `server_close()` removes the file it created."""
+
+    address_family: int = getattr(socket, "AF_UNIX", -1)
+    remove_stale_socket: bool = False
+    _socket_inode: int | None = None
+
+    def server_bind(self) -> None:
+        self._socket_inode = bind_unix(self.socket, self.server_address,
+                                       self.remove_stale_socket)
+        self.server_address = self.socket.getsockname()
+
+    def server_close(self) -> None:
+        TCPServer.server_close(self)
+        remove_if_ours(self.server_address, self._socket_inode)
+        self._socket_inode = None
+
+
+def _is_ipv6_literal(address: Any) -> bool:
+    return (isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str)
+            and ":" in address[0] and socket.has_ipv6)

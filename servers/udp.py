@@ -1,0 +1,78 @@
+"""UDPServer and UnixDatagramServer: one request per datagram.
+
+The request is `(data, server_socket)`; the server socket is shared by every request and is
+never closed by a request. It stays blocking (handlers reply with `sendto`); the reactor
+receives with MSG_DONTWAIT, so it can take a batch of datagrams per readiness event.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from .tcp import TCPServer
+from .unix import bind_unix, remove_if_ours
+
+__all__ = ["UDPServer", "UnixDatagramServer"]
+
+
+class UDPServer(TCPServer):
+    """Same contract as `socketserver.UDPServer`.
+
+    Attributes:
+        max_packet_size: bytes read per datagram (longer ones are truncated by the kernel).
+    """
+
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+    socket_type: int = socket.SOCK_DGRAM
+    max_packet_size: int = 8192
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Receive one datagram: returns `((data, socket), client_address)`."""
+        flags = socket.MSG_DONTWAIT if self._reactor is not None else 0
+        data, client_address = self.socket.recvfrom(self.max_packet_size, flags)
+        return (data, self.socket), client_address
+
+    def server_activate(self) -> None:
+        """Nothing to do: datagram sockets do not listen."""
+
+    def shutdown_request(self, request: Any) -> None:
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Nothing to close: the socket belongs to the server."""
+
+    def _prepare_listener(self) -> None:
+        """The socket stays blocking: handlers reply on it."""
+
+    def _accept_budget(self) -> int:
+        return self.accept_batch if type(self).get_request is UDPServer.get_request else 1
+
+    def _prepare_for_reactor(self, request: Any) -> None:
+        """The shared socket is never made non-blocking."""
+
+    def _request_fd(self, request: Any) -> int:
+        return -1
+
+    def _can_read_ahead(self, request: Any) -> bool:
+        return False
+
+
+class UnixDatagramServer(UDPServer):
+    """Same contract as `socketserver.UnixDatagramServer`, with the socket-file care of
+    `UnixStreamServer`."""
+
+    address_family: int = getattr(socket, "AF_UNIX", -1)
+    remove_stale_socket: bool = False
+    _socket_inode: int | None = None
+
+    def server_bind(self) -> None:
+        self._socket_inode = bind_unix(self.socket, self.server_address,
+                                       self.remove_stale_socket)
+        self.server_address = self.socket.getsockname()
+
+    def server_close(self) -> None:
+        UDPServer.server_close(self)
+        remove_if_ours(self.server_address, self._socket_inode)
+        self._socket_inode = None
