@@ -15,7 +15,7 @@ for readability first then, and try first only after a `recv()` filled its whole
 from __future__ import annotations
 
 import collections
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import reactor
 
@@ -37,15 +37,22 @@ class AsyncReader:
     """
 
     __slots__ = ("_sock", "_buffer", "_trap", "_nonblocking", "_eof", "_try_first", "_stats",
-                 "closed")
+                 "_timeout", "_request_timeout", "_clock", "closed")
 
     def __init__(self, sock: Any, *, timeout: float | None = None,
+                 idle_timeout: float | None = None, request_timeout: float | None = None,
+                 clock: Callable[[], float] | None = None,
                  max_line_length: int = 65536, max_buffer_size: int = 262144,
                  stats: Any = None) -> None:
         self._sock = sock
         self._buffer = ReceiveBuffer(max_line_length, max_buffer_size)
-        self._nonblocking = sock.gettimeout() == 0.0
-        self._trap = reactor.WaitReadable(sock.fileno(), timeout)
+        self._nonblocking = sock.gettimeout() == 0.0 and clock is not None
+        # Waiting with nothing buffered (between requests) is bounded by the idle timeout;
+        # waiting for the rest of a request already begun, by the request deadline.
+        self._trap = reactor.WaitReadable(sock.fileno(), _smallest(timeout, idle_timeout))
+        self._timeout = timeout
+        self._request_timeout = request_timeout
+        self._clock = clock
         self._eof = False
         self._try_first = True
         self._stats = stats
@@ -62,26 +69,42 @@ class AsyncReader:
         """One line including its b"\\n"; at most `limit` bytes when `limit` >= 0; the rest of
         the stream (maybe b"") at EOF."""
         buffer = self._buffer
+        deadline = None
         while True:
             line = buffer.take_line(limit)
             if line is not None:
                 return line
             if self._eof:
                 return buffer.take(-1)
-            await self._fill()
+            if self._nonblocking and not self._try_first:
+                if deadline is None and not len(buffer):
+                    await reactor.wait(self._trap)
+                else:
+                    deadline = deadline or self._request_deadline()
+                    await reactor.wait(self._rest_of_request(deadline))
+            self._receive()
 
     async def read(self, size: int = -1) -> bytes:
         """`size` bytes, fewer only at EOF; with `size` < 0, everything until EOF (bounded by
         `max_buffer_size`)."""
         buffer = self._buffer
+        deadline = None
         while not self._eof and (size < 0 or len(buffer) < size):
-            await self._fill()
+            if self._nonblocking and not self._try_first:
+                if deadline is None and not len(buffer):
+                    await reactor.wait(self._trap)
+                else:
+                    deadline = deadline or self._request_deadline()
+                    await reactor.wait(self._rest_of_request(deadline))
+            self._receive()
         return buffer.take(size)
 
     async def read1(self, size: int = -1) -> bytes:
         """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
-        if not len(self._buffer) and not self._eof:
-            await self._fill()
+        while not len(self._buffer) and not self._eof:
+            if self._nonblocking and not self._try_first:
+                await reactor.wait(self._trap)
+            self._receive()
         return self._buffer.take(size)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -98,21 +121,30 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
-    async def _fill(self) -> None:
+    def _request_deadline(self) -> float:
+        timeout = self._request_timeout
+        return float("inf") if timeout is None else self._clock() + timeout  # type: ignore
+
+    def _rest_of_request(self, deadline: float) -> reactor.WaitReadable:
+        remaining = deadline - self._clock()  # type: ignore[misc]
+        if remaining <= 0:
+            raise TimeoutError(f"the client did not complete its request within "
+                               f"request_timeout={self._request_timeout} s")
+        timeout = _smallest(self._timeout, remaining if remaining != float("inf") else None)
+        return reactor.WaitReadable(self._trap.fd, timeout)
+
+    def _receive(self) -> None:
+        """One `recv()` into the buffer. On a reactor socket with nothing to read it only
+        notes that the next attempt must wait for readability first."""
         if self.closed:
             raise ValueError("read from a closed rfile")
-        sock = self._sock
-        if self._nonblocking:
-            while True:
-                if not self._try_first:
-                    await reactor.wait(self._trap)
-                try:
-                    data = sock.recv(RECV_SIZE)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    self._try_first = False
-        else:
-            data = sock.recv(RECV_SIZE)
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            if not self._nonblocking:
+                raise
+            self._try_first = False
+            return
         self._try_first = len(data) == RECV_SIZE
         if not data:
             self._eof = True
@@ -146,7 +178,7 @@ class AsyncWriter:
         self._fd = sock.fileno()
         self._reactor = reactor
         self._nonblocking = sock.gettimeout() == 0.0 and reactor is not None
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[bytes] | None = None  # created when output must wait
         self._queued = 0
         self._trap = _WaitWritable(self._fd, timeout)
         self._flusher: Any = None
@@ -181,7 +213,8 @@ class AsyncWriter:
             self._count(size)
             return size
         sent = 0
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             try:
                 sent = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -197,7 +230,9 @@ class AsyncWriter:
             raise BufferLimitExceeded(
                 f"more than max_write_buffer={self.max_write_buffer} bytes queued for a client "
                 "that is not reading; await wfile.drain() between writes")
-        self._queue.append(rest)
+        if queue is None:
+            queue = self._queue = collections.deque()
+        queue.append(rest)
         self._queued += len(rest)
         if self._flusher is None:
             self._flusher = self._reactor.add_writer(self._fd, self._flush_ready)
@@ -232,7 +267,7 @@ class AsyncWriter:
         try:
             await self._send_queue(0)
         except (OSError, TimeoutError):
-            self._queue.clear()
+            self._queue = None
             self._queued = 0
         self._stop_flusher()
 
@@ -253,7 +288,7 @@ class AsyncWriter:
 
     def _send_some(self) -> None:
         queue = self._queue
-        while queue:
+        while queue:  # None or empty: nothing to send
             head = queue[0]
             try:
                 sent = self._sock.send(head)
@@ -276,7 +311,7 @@ class AsyncWriter:
 
     def _fail(self, exc: OSError) -> None:
         self._error = exc
-        self._queue.clear()
+        self._queue = None
         self._queued = 0
         self._stop_flusher()
 
@@ -286,3 +321,9 @@ class AsyncWriter:
 
 
 _WaitWritable = reactor.WaitWritable
+
+
+def _smallest(*timeouts: float | None) -> float | None:
+    """The smallest of the timeouts that are set (None when none is)."""
+    chosen = [t for t in timeouts if t is not None]
+    return min(chosen) if chosen else None

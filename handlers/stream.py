@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from .base import BaseRequestHandler
-from .io import AsyncReader, AsyncWriter
+from .io import AsyncReader, AsyncWriter, _smallest
 
 __all__ = ["StreamRequestHandler", "SocketWriter"]
 
@@ -48,6 +48,13 @@ class StreamRequestHandler(BaseRequestHandler):
         timeout: seconds a single socket operation (classic) or wait (async) may take;
             None for no limit. Exceeding it raises `TimeoutError` in `handle()`.
         disable_nagle_algorithm: set TCP_NODELAY on the connection.
+        idle_timeout: async: seconds a connection may wait with no request begun (between
+            requests of a keep-alive connection) before `TimeoutError`. None: no limit.
+        request_timeout: async: seconds a client has to complete a request once it has begun
+            (a line, or a `read(n)`), however it trickles in: a slowloris client sending a
+            byte a second is cut off. None: no limit.
+        write_timeout: async: seconds output may wait for a client that reads nothing
+            (`drain()`, and the final flush before close) before the client is dropped.
         max_line_length: async `readline()` bound (LineTooLong beyond it).
         max_buffer_size: async input bytes buffered at most (BufferLimitExceeded beyond it).
         write_high_water: async queued output above which `drain()` waits.
@@ -58,6 +65,9 @@ class StreamRequestHandler(BaseRequestHandler):
     wbufsize = 0
     timeout: float | None = None
     disable_nagle_algorithm = False
+    idle_timeout: float | None = 300.0
+    request_timeout: float | None = 60.0
+    write_timeout: float | None = 60.0
     max_line_length = 65536
     max_buffer_size = 262144
     write_high_water = 65536
@@ -77,13 +87,16 @@ class StreamRequestHandler(BaseRequestHandler):
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if self.handle_is_async:
             stats = self._request_entry
+            loop = self.reactor if on_reactor else None
             self.rfile = AsyncReader(
-                connection, timeout=self.timeout if on_reactor else None,
+                connection, timeout=self.timeout, idle_timeout=self.idle_timeout,
+                request_timeout=self.request_timeout, clock=loop and loop.time,
                 max_line_length=self.max_line_length, max_buffer_size=self.max_buffer_size,
                 stats=stats)
             self.wfile = AsyncWriter(
-                connection, reactor=self.reactor if on_reactor else None,
-                timeout=self.timeout, high_water=self.write_high_water,
+                connection, reactor=loop,
+                timeout=_smallest(self.timeout, self.write_timeout),
+                high_water=self.write_high_water,
                 max_write_buffer=self.max_write_buffer, stats=stats)
             return
         self.rfile = connection.makefile("rb", self.rbufsize)

@@ -85,6 +85,7 @@ class Reactor:
         self._waker = Waker()
         self._interest.set_reader(self._waker.fileno(), Handle(self._on_wake, ()))
         self._current: Task | None = None
+        self._tasks: dict[Task, None] = {}  # live tasks, so close() can close them all
         self._loop_thread: int | None = None
         self._stop_requested = False
         self._stopped = threading.Event()
@@ -238,10 +239,11 @@ class Reactor:
         date, and the row leaves the table when the task ends. `on_done(task)` runs then.
         """
         self._check_open()
-        task = Task(coro, entry, self._advance)
+        task = Task(coro, entry, self)
         task.on_done = on_done
         if entry is not None:
             entry.task = task
+        self._tasks[task] = None
         self._ready.append(Handle(self._advance, (task, None)))
         return task
 
@@ -339,6 +341,10 @@ class Reactor:
                                "call shutdown() first")
         for signum in list(self._signals):
             self.remove_signal_handler(signum)
+        for task in list(self._tasks):
+            if not task.done:
+                _close_coroutine(task)
+        self._tasks.clear()
         for entry in list(self._requests):
             if entry.task is not None and not entry.task.done:
                 _close_coroutine(entry.task)
@@ -523,6 +529,7 @@ class Reactor:
             task.timer = self._timers.schedule(deadline, self._on_task_deadline, task)
 
     def _finish(self, task: Task) -> None:
+        self._tasks.pop(task, None)
         trap = task.trap
         if trap is not None:
             self._unregister_trap(task, trap)

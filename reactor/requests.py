@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import types
 from typing import Any, Callable, Final, Iterator, Mapping, Sequence
 
 from .errors import ReactorInternalError
@@ -30,7 +31,7 @@ class Stage(enum.Enum):
     CLOSED = "closed"
 
 
-NEXT_STAGES: Final[Mapping[Stage, frozenset[Stage]]] = {
+NEXT_STAGES: Final[Mapping[Stage, frozenset[Stage]]] = types.MappingProxyType({
     Stage.ACCEPTED: frozenset({Stage.READING_AHEAD, Stage.RUNNING, Stage.OFFLOADED, Stage.CLOSING}),
     Stage.READING_AHEAD: frozenset({Stage.RUNNING, Stage.OFFLOADED, Stage.CLOSING}),
     Stage.RUNNING: frozenset({Stage.WAITING, Stage.CLOSING}),
@@ -38,7 +39,7 @@ NEXT_STAGES: Final[Mapping[Stage, frozenset[Stage]]] = {
     Stage.OFFLOADED: frozenset({Stage.CLOSING}),
     Stage.CLOSING: frozenset({Stage.CLOSED, Stage.RUNNING, Stage.WAITING}),
     Stage.CLOSED: frozenset(),
-}
+})  # read-only: a mutated table would let forbidden moves through
 
 _WAIT_NAMES: Final = {"WaitReadable": "reading", "WaitWritable": "writing", "Sleep": "sleeping"}
 

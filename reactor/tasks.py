@@ -28,10 +28,10 @@ class Task:
     """
 
     __slots__ = ("coro", "entry", "trap", "deadline", "timer", "sleep_timer", "done", "result",
-                 "error", "on_done", "cancel_requested", "parked", "_advance")
+                 "error", "on_done", "cancel_requested", "parked", "_loop")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], entry: RequestEntry | None,
-                 advance: Callable[[Task, BaseException | None], None]) -> None:
+                 loop: Any) -> None:
         self.coro = coro
         self.entry = entry
         self.trap: Any = None              # the trap whose interest is registered for us
@@ -44,12 +44,12 @@ class Task:
         self.on_done: Callable[[Task], None] | None = None
         self.cancel_requested = False
         self.parked = False
-        self._advance = advance
+        self._loop = loop
 
     def run(self) -> None:
         """Resume the task because what it waits for happened (interest table, timers)."""
         if self.parked:
-            self._advance(self, None)
+            self._loop._advance(self, None)
 
     def step(self, error: BaseException | None) -> Any:
         """Resume the coroutine once; return the trap it parks on, or None when it ended."""

@@ -43,9 +43,11 @@ class TimerHandle:
                 self._queue = None
 
     def run(self) -> None:
-        """Run the callback (the reactor calls this when the deadline has passed)."""
+        """Run the callback (the reactor calls this when the deadline has passed), unless it
+        was cancelled after `pop_due()` returned it (by an earlier timer of the same batch)."""
         self._queue = None
-        self.callback(*self.args)
+        if not self.cancelled:
+            self.callback(*self.args)
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled else "pending"

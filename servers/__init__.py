@@ -51,3 +51,6 @@ if hasattr(socket, "AF_UNIX"):
         class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer): pass
 else:  # pragma: no cover - platforms without Unix sockets
     del UnixStreamServer, UnixDatagramServer
+
+if not hasattr(os, "fork"):  # pragma: no cover - platforms without fork
+    del ForkingMixIn  # the standard module defines it only where os.fork exists

@@ -77,6 +77,7 @@ class BaseServer:
     _accepting = False
     _accept_paused_until: Any = None
     _accept_count = 0
+    _failed_accepts = 0  # get_request() errors other than "would block"
     _single_request = False
     _drain_state: str | None = None
     _drain_timer: Any = None
@@ -119,8 +120,7 @@ class BaseServer:
                 self.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
-                reactor.spawn(self._run_on_reactor(deferred.coroutine, request, client_address),
-                              entry, self._task_done)
+                reactor.spawn(deferred.coroutine, entry, self._task_done)
                 entry = None  # the task owns the entry now
             else:
                 entry.move_to(Stage.CLOSING)
@@ -218,14 +218,19 @@ class BaseServer:
             timeout = min(timeout, self.timeout)
         reactor = self._serving_reactor()
         deadline = None if timeout is None else reactor.time() + timeout
-        before = self._accept_count
+        before = (self._accept_count, self._failed_accepts)
         self._single_request = True
         try:
-            while self._accept_count == before:
-                remaining = None if deadline is None else deadline - reactor.time()
-                if remaining is not None and remaining < 0:
-                    return self.handle_timeout()
+            # Poll first, then check the deadline (as the standard library does), so that a
+            # zero timeout still serves a pending request; a failed get_request() also ends
+            # the call, silently.
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - reactor.time())
                 reactor.run_once(remaining)
+                if (self._accept_count, self._failed_accepts) != before:
+                    break
+                if deadline is not None and reactor.time() > deadline:
+                    return self.handle_timeout()
             while self._reactor is reactor and len(self._in_flight) > self._offloaded:
                 reactor.run_once(None)
         finally:
@@ -276,6 +281,8 @@ class BaseServer:
             raise reactor_pkg.ReactorError(
                 f"{self!r} is registered on a shared reactor; call that reactor's "
                 "serve_forever() instead of the server's")
+        elif self not in reactor.servers:
+            reactor.register(self)  # serve_forever() returned (and unregistered): serve again
         return reactor
 
     def _serve_forever_done(self) -> bool:
@@ -331,6 +338,8 @@ class BaseServer:
         try:
             request, client_address = self.get_request()  # type: ignore[attr-defined]
         except OSError as exc:
+            if not isinstance(exc, (BlockingIOError, InterruptedError)):
+                self._failed_accepts += 1
             self._accept_failed(exc)
             return
         self._accept_count += 1
@@ -427,21 +436,31 @@ class BaseServer:
                 pass  # the socket is already closed
 
     def _task_done(self, task: Any) -> None:
-        self._request_closed(task.entry)
-
-    async def _run_on_reactor(self, coroutine: Any, request: Any, client_address: Any) -> None:
+        """An async request ended: report its error the way the standard library would,
+        then shut the request down and release its table row."""
+        entry = task.entry
+        request, client_address = entry.request, entry.client_address
         try:
-            await coroutine
-        except handlers.LimitExceeded as exc:
-            logger.warning("%s: closing connection from %s: %s", self._name(), client_address,
-                           exc)
-        except (ConnectionError, TimeoutError) as exc:
-            logger.info("%s: connection from %s ended: %s", self._name(), client_address,
-                        exc)
-        except Exception:
-            self.handle_error(request, client_address)
+            error = task.error
+            if error is None or not isinstance(error, Exception):
+                pass  # finished, cancelled, or KeyboardInterrupt/SystemExit (re-raised later)
+            elif isinstance(error, handlers.LimitExceeded):
+                logger.warning("%s: closing connection from %s: %s", self._name(),
+                               client_address, error)
+            elif isinstance(error, (ConnectionError, TimeoutError)):
+                logger.info("%s: connection from %s ended: %s", self._name(), client_address,
+                            error)
+            else:
+                try:
+                    raise error  # handle_error() reads the exception being handled
+                except Exception:
+                    self.handle_error(request, client_address)
         finally:
-            self._end_request(request)
+            task.error = None if isinstance(task.error, Exception) else task.error
+            try:
+                self._end_request(request)
+            finally:
+                self._request_closed(entry)
 
     def _end_request(self, request: Any) -> None:
         fd = self._request_fd(request)

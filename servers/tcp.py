@@ -93,6 +93,13 @@ class TCPServer(BaseServer):
             os.set_blocking(self.socket.fileno(), False)
 
     def _accept_budget(self) -> int:
+        # An overridden get_request() is called only when the socket is readable, as the
+        # standard library does: no extra call that would fail with "would block".
+        # A socket with a timeout (settimeout(t > 0)) would make a "would block" accept()
+        # wait t seconds inside Python, freezing the loop: accept one per readiness then.
+        if type(self).get_request is not TCPServer.get_request or \
+                self.socket.gettimeout() not in (None, 0.0):
+            return 1
         fd = self.socket.fileno()
         return self.accept_batch if fd >= 0 and not os.get_blocking(fd) else 1
 

@@ -47,7 +47,12 @@ class UDPServer(TCPServer):
         """The socket stays blocking: handlers reply on it."""
 
     def _accept_budget(self) -> int:
-        return self.accept_batch if type(self).get_request is UDPServer.get_request else 1
+        # With settimeout(t > 0), recvfrom() waits t seconds inside Python even with
+        # MSG_DONTWAIT: take one datagram per readiness event then.
+        if type(self).get_request is not UDPServer.get_request or \
+                self.socket.gettimeout() not in (None, 0.0):
+            return 1
+        return self.accept_batch
 
     def _prepare_for_reactor(self, request: Any) -> None:
         """The shared socket is never made non-blocking."""
