@@ -97,7 +97,8 @@ class StreamRequestHandler(BaseRequestHandler):
                 connection, reactor=loop,
                 timeout=_smallest(self.timeout, self.write_timeout),
                 high_water=self.write_high_water,
-                max_write_buffer=self.max_write_buffer, stats=stats)
+                max_write_buffer=self.max_write_buffer, stats=stats,
+                reader=self.rfile if loop is not None else None)
             return
         self.rfile = connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:

@@ -85,6 +85,7 @@ class Reactor:
         self._waker = Waker()
         self._interest.set_reader(self._waker.fileno(), Handle(self._on_wake, ()))
         self._current: Task | None = None
+        self._step_end: list[Callable[[], object]] = []
         self._tasks: dict[Task, None] = {}  # live tasks, so close() can close them all
         self._loop_thread: int | None = None
         self._stop_requested = False
@@ -254,6 +255,14 @@ class Reactor:
         task.cancel_requested = True
         if task.parked:  # otherwise it is running or not started: _advance/_park deliver it
             self._ready.append(Handle(self._deliver_cancel, (task,)))
+
+    def at_step_end(self, callback: Callable[[], object]) -> None:
+        """Run `callback()` as soon as the running task suspends or ends (at once when no task
+        is running). Streams use it to send everything one step wrote in a single call."""
+        if self._current is None:
+            callback()
+        else:
+            self._step_end.append(callback)
 
     def open_request(self, server: Any, request: Any, client_address: Any,
                      fd: int = -1) -> RequestEntry:
@@ -452,10 +461,17 @@ class Reactor:
             trap = task.step(error)
         finally:
             self._current = previous
+            if self._step_end:
+                self._run_step_end()
         if trap is None:
             self._finish(task)
         else:
             self._park(task, trap)
+
+    def _run_step_end(self) -> None:
+        callbacks, self._step_end = self._step_end, []
+        for callback in callbacks:
+            callback()
 
     def _park(self, task: Task, trap: Any) -> None:
         kind = type(trap)
