@@ -15,6 +15,7 @@ for readability first then, and try first only after a `recv()` filled its whole
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any, AsyncIterator, Callable
 
 import reactor
@@ -47,12 +48,14 @@ class AsyncReader:
         self._sock = sock
         self._buffer = ReceiveBuffer(max_line_length, max_buffer_size)
         self._nonblocking = sock.gettimeout() == 0.0 and clock is not None
+        if not self._nonblocking:
+            timeout = _smallest(timeout, sock.gettimeout())  # the socket's own timeout holds
         # Waiting with nothing buffered (between requests) is bounded by the idle timeout;
         # waiting for the rest of a request already begun, by the request deadline.
         self._trap = reactor.WaitReadable(sock.fileno(), _smallest(timeout, idle_timeout))
         self._timeout = timeout
         self._request_timeout = request_timeout
-        self._clock = clock
+        self._clock = clock if clock is not None else time.monotonic
         self._eof = False
         self._try_first = True
         self._stats = stats
@@ -87,12 +90,9 @@ class AsyncReader:
                 return line
             if self._eof:
                 return buffer.take(-1)
-            if self._nonblocking and not self._try_first:
-                if deadline is None and not len(buffer):
-                    await reactor.wait(self._trap)
-                else:
-                    deadline = deadline or self._request_deadline()
-                    await reactor.wait(self._rest_of_request(deadline))
+            if deadline is None and len(buffer):
+                deadline = self._request_deadline()
+            await self._before_receive(deadline)
             self._receive()
 
     async def read(self, size: int = -1) -> bytes:
@@ -101,20 +101,16 @@ class AsyncReader:
         buffer = self._buffer
         deadline = None
         while not self._eof and (size < 0 or len(buffer) < size):
-            if self._nonblocking and not self._try_first:
-                if deadline is None and not len(buffer):
-                    await reactor.wait(self._trap)
-                else:
-                    deadline = deadline or self._request_deadline()
-                    await reactor.wait(self._rest_of_request(deadline))
+            if deadline is None and len(buffer):
+                deadline = self._request_deadline()
+            await self._before_receive(deadline)
             self._receive()
         return buffer.take(size)
 
     async def read1(self, size: int = -1) -> bytes:
         """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
         while not len(self._buffer) and not self._eof:
-            if self._nonblocking and not self._try_first:
-                await reactor.wait(self._trap)
+            await self._before_receive(None)
             self._receive()
         return self._buffer.take(size)
 
@@ -132,17 +128,32 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
+    async def _before_receive(self, deadline: float | None) -> None:
+        """Bound the coming `recv()`: on a reactor, wait for input (idle timeout before a
+        request begins, the request deadline after); on a blocking socket, set its timeout
+        to the same bound."""
+        if self._nonblocking:
+            if not self._try_first:
+                if deadline is None:
+                    await reactor.wait(self._trap)
+                else:
+                    await reactor.wait(reactor.WaitReadable(self._trap.fd,
+                                                            self._wait_bound(deadline)))
+            return
+        bound = self._trap.timeout if deadline is None else self._wait_bound(deadline)
+        if self._sock.gettimeout() != bound:
+            self._sock.settimeout(bound)
+
     def _request_deadline(self) -> float:
         timeout = self._request_timeout
-        return float("inf") if timeout is None else self._clock() + timeout  # type: ignore
+        return float("inf") if timeout is None else self._clock() + timeout
 
-    def _rest_of_request(self, deadline: float) -> reactor.WaitReadable:
-        remaining = deadline - self._clock()  # type: ignore[misc]
+    def _wait_bound(self, deadline: float) -> float | None:
+        remaining = deadline - self._clock()
         if remaining <= 0:
             raise TimeoutError(f"the client did not complete its request within "
                                f"request_timeout={self._request_timeout} s")
-        timeout = _smallest(self._timeout, remaining if remaining != float("inf") else None)
-        return reactor.WaitReadable(self._trap.fd, timeout)
+        return _smallest(self._timeout, remaining if remaining != float("inf") else None)
 
     def _receive(self) -> None:
         """One `recv()` into the buffer (see `_recv_direct`)."""
@@ -198,6 +209,8 @@ class AsyncWriter:
         self._fd = sock.fileno()
         self._reactor = reactor
         self._nonblocking = sock.gettimeout() == 0.0 and reactor is not None
+        if not self._nonblocking:
+            timeout = _smallest(timeout, sock.gettimeout())  # the socket's own timeout holds
         self._queue: collections.deque[bytes] | None = None  # created when output must wait
         self._queued = 0
         self._trap = _WaitWritable(self._fd, timeout)
@@ -231,19 +244,22 @@ class AsyncWriter:
         if not size:
             return 0
         if not self._nonblocking:
+            if self._sock.gettimeout() != self._trap.timeout:
+                self._sock.settimeout(self._trap.timeout)  # the write timeout, off a reactor
             self._sock.sendall(data)
             self._count(size)
             return size
         if self._corked is not None:
+            self._check_bound(size)  # before keeping it: a refused write is never sent
             self._corked.append(bytes(data))
             self._queued += size
-            self._check_bound(0)
             return size
         reader = self._reader
         if reader is not None and len(reader._buffer) and not self._queue:
             # More pipelined requests are already buffered: their replies will follow in
             # this same step, so collect them and send once when the step ends (measured:
             # bench pipe-d16).
+            self._check_bound(size)  # here, not in _uncork(), where it would escape the loop
             self._corked = [bytes(data)]
             self._queued += size
             self._reactor.at_step_end(self._uncork)

@@ -11,6 +11,7 @@ descriptor reusing its number would inherit a stale registration.
 
 from __future__ import annotations
 
+import os
 import selectors
 from typing import Any, Protocol
 
@@ -89,17 +90,30 @@ class InterestTable:
         if interest is not None:
             interest.writer = None
 
-    def forget(self, fd: int) -> None:
-        """Drop every interest in `fd` now. Call this before the descriptor is closed."""
+    def forget(self, fd: int) -> list[Any]:
+        """Drop every interest in `fd` now (call this before the descriptor is closed);
+        returns the waiters it had."""
         interest = self._by_fd.pop(fd, None)
         if interest is None:
-            return
+            return []
+        waiters = [w for w in (interest.reader, interest.writer) if w is not None]
         interest.reader = interest.writer = None  # an event already fetched must wake no one
         if interest.mask:
             try:
                 self._selector.unregister(fd)
             except (KeyError, ValueError, OSError):
                 pass  # already closed by its owner: the kernel dropped it
+        return waiters
+
+    def closed_descriptors(self) -> list[int]:
+        """Watched descriptors that are no longer open."""
+        closed = []
+        for fd in self._by_fd:
+            try:
+                os.fstat(fd)
+            except OSError:
+                closed.append(fd)
+        return closed
 
     def dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         """Run the waiters of every ready descriptor in `events`."""

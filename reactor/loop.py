@@ -14,6 +14,7 @@ deadline. A busy connection therefore costs no heap operation per request.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import selectors
 import signal
@@ -81,6 +82,7 @@ class Reactor:
         self._listeners: list[Any] = []
         self._service_actions: list[tuple[Any, Callable[[], object]]] = []
         self._signals: dict[int, tuple[Handle, Any]] = {}
+        self._old_wakeup_fd: int | None = None  # set while we own signal.set_wakeup_fd()
         self._pending_signals: collections.deque[int] = collections.deque()
         self._waker = Waker()
         self._interest.set_reader(self._waker.fileno(), Handle(self._on_wake, ()))
@@ -223,6 +225,11 @@ class Reactor:
         previous = signal.signal(signum, self._on_signal)
         old = self._signals.get(signum)
         self._signals[signum] = (Handle(callback, args), old[1] if old else previous)
+        if self._old_wakeup_fd is None:
+            # A signal landing after the loop's last bytecode but before select() blocks runs
+            # no Python handler until select() returns: let the C-level handler wake us too.
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._waker.write_fileno(),
+                                                       warn_on_full_buffer=False)
 
     def remove_signal_handler(self, signum: int) -> bool:
         """Restore the handler `signum` had before `add_signal_handler`; False if none was set."""
@@ -230,6 +237,9 @@ class Reactor:
         if item is None:
             return False
         signal.signal(signum, item[1] if item[1] is not None else signal.SIG_DFL)
+        if not self._signals and self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
         return True
 
     def spawn(self, coro: Coroutine[Any, Any, Any], entry: RequestEntry | None = None,
@@ -277,7 +287,8 @@ class Reactor:
         """Counts an operator (or a leak check) can look at."""
         return {
             "requests": len(self._requests),
-            "descriptors": len(self._interest) - 1,  # the waker is ours, not the user's
+            # the waker is ours, not the user's (and close() has already forgotten it)
+            "descriptors": len(self._interest) - (not self._closed),
             "timers": len(self._timers),
             "callbacks": len(self._ready),
             "servers": len(self._listeners),
@@ -288,7 +299,13 @@ class Reactor:
         """Wait at most `timeout` seconds (None: until something happens) for I/O, then run
         everything that became runnable. Returns how many events, timers and callbacks ran."""
         self._check_open()
-        events = self._selector.select(self._sleep_budget(timeout))
+        try:
+            events = self._selector.select(self._sleep_budget(timeout))
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            events = []
+            self._evict_closed_descriptors()
         self._interest.dispatch(events)
         done = len(events)
         if self._timers:
@@ -353,10 +370,9 @@ class Reactor:
         for task in list(self._tasks):
             if not task.done:
                 _close_coroutine(task)
+                self._release(task)
         self._tasks.clear()
         for entry in list(self._requests):
-            if entry.task is not None and not entry.task.done:
-                _close_coroutine(entry.task)
             self._requests.close(entry)
         self._closed = True
         self._ready.clear()
@@ -388,6 +404,17 @@ class Reactor:
             until_timer = max(0.0, deadline - self._now())
             timeout = until_timer if timeout is None else min(timeout, until_timer)
         return None if timeout is None else min(max(0.0, timeout), MAX_SLEEP_SECONDS)
+
+    def _evict_closed_descriptors(self) -> None:
+        """A descriptor was closed while registered (select() says EBADF): wake its waiters
+        with the error, so one bad request fails alone instead of stopping the loop."""
+        for fd in self._interest.closed_descriptors():
+            waiters = self._interest.forget(fd)
+            logger.warning("descriptor %d was closed while the reactor watched it", fd)
+            for waiter in waiters:
+                if isinstance(waiter, Task):
+                    self._ready.append(Handle(self._advance, (waiter, OSError(
+                        errno.EBADF, f"descriptor {fd} was closed while awaited"))))
 
     def _run_due_timers(self) -> int:
         due = self._timers.pop_due(self._now())
@@ -474,29 +501,15 @@ class Reactor:
             callback()
 
     def _park(self, task: Task, trap: Any) -> None:
-        kind = type(trap)
         previous = task.trap
         if previous is not None and previous is not trap:
             self._unregister_trap(task, previous)
         task.trap = trap
-        if kind is WaitReadable:
-            self._interest.set_reader(trap.fd, task)
-        elif kind is WaitWritable:
-            self._interest.set_writer(trap.fd, task)
-        elif kind is Sleep:
-            if trap.seconds > 0:
-                task.sleep_timer = self._timers.schedule(
-                    self._now() + trap.seconds, self._wake_sleeper, task, trap)
-            else:
-                self._ready.append(Handle(self._wake_sleeper, (task, trap)))
-        else:
+        error = self._register_trap(task, trap)
+        if error is not None:
             task.trap = None
-            self._ready.append(Handle(self._advance, (task, TypeError(
-                f"a request awaited {trap!r}, which the reactor cannot wait for; await "
-                "reactor.sleep() or the request's stream methods instead"))))
+            self._ready.append(Handle(self._advance, (task, error)))
             return
-        if kind is not Sleep and trap.timeout is not None:
-            self._arm_deadline(task, self._now() + trap.timeout)
         task.parked = True
         entry = task.entry
         if entry is not None:
@@ -504,6 +517,32 @@ class Reactor:
             entry.waiting_for = trap
         if task.cancel_requested:
             self._ready.append(Handle(self._deliver_cancel, (task,)))
+
+    def _register_trap(self, task: Task, trap: Any) -> BaseException | None:
+        """Arrange for `task` to be resumed when `trap` is satisfied; or return the error to
+        resume it with at once (a closed descriptor, an unknown trap)."""
+        kind = type(trap)
+        if kind is WaitReadable or kind is WaitWritable:
+            try:
+                if kind is WaitReadable:
+                    self._interest.set_reader(trap.fd, task)
+                else:
+                    self._interest.set_writer(trap.fd, task)
+            except (OSError, ValueError) as exc:  # a closed or invalid descriptor
+                self._interest.forget(trap.fd)
+                return exc
+            if trap.timeout is not None:
+                self._arm_deadline(task, self._now() + trap.timeout)
+        elif kind is Sleep:
+            if trap.seconds > 0:
+                task.sleep_timer = self._timers.schedule(
+                    self._now() + trap.seconds, self._wake_sleeper, task, trap)
+            else:
+                self._ready.append(Handle(self._wake_sleeper, (task, trap)))
+        else:
+            return TypeError(f"a request awaited {trap!r}, which the reactor cannot wait for; "
+                             "await reactor.sleep() or the request's stream methods instead")
+        return None
 
     def _unregister_trap(self, task: Task, trap: Any) -> None:
         kind = type(trap)
@@ -545,6 +584,17 @@ class Reactor:
             task.timer = self._timers.schedule(deadline, self._on_task_deadline, task)
 
     def _finish(self, task: Task) -> None:
+        self._release(task)
+        error = task.error
+        if error is None or isinstance(error, Cancelled):
+            return
+        if isinstance(error, Exception):
+            logger.error("task %r failed", task, exc_info=error)
+            return
+        raise error  # KeyboardInterrupt, SystemExit: leave the loop, as the stdlib does
+
+    def _release(self, task: Task) -> None:
+        """Drop what an ended task held (interest, timer, table row) and tell its owner."""
         self._tasks.pop(task, None)
         trap = task.trap
         if trap is not None:
@@ -556,14 +606,10 @@ class Reactor:
         if task.entry is not None:
             self._requests.close(task.entry)
         if task.on_done is not None:
-            task.on_done(task)
-        error = task.error
-        if error is None or isinstance(error, Cancelled):
-            return
-        if isinstance(error, Exception):
-            logger.error("task %r failed", task, exc_info=error)
-            return
-        raise error  # KeyboardInterrupt, SystemExit: leave the loop, as the stdlib does
+            try:
+                task.on_done(task)
+            except Exception:
+                logger.exception("the completion callback of %r raised", task)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -580,3 +626,4 @@ def _close_coroutine(task: Task) -> None:
     except BaseException:  # noqa: BLE001 - a coroutine that refuses to close is only logged
         logger.exception("closing %r at reactor close raised", task)
     task.done = True
+    task.error = Cancelled()

@@ -7,7 +7,10 @@ be started, and `wake()` is safe to call from any thread and from a Python signa
 Why it is this way: since PEP 475 a `select()` interrupted by a signal runs the Python-level
 signal handler and then retries with the remaining timeout. Our signal handlers therefore only
 record the signal and call `wake()`; the retried `select()` returns at once and the callback
-runs on the loop, between requests, never in the middle of one.
+runs on the loop, between requests, never in the middle of one. A signal that lands after the
+interpreter's last check but before `select()` blocks interrupts nothing, so while signal
+handlers are installed the write end is also `signal.set_wakeup_fd()`: the C-level handler
+wakes the loop itself.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class Waker:
     def fileno(self) -> int:
         """The descriptor to watch for readability."""
         return self._rsock.fileno()
+
+    def write_fileno(self) -> int:
+        """The descriptor `wake()` writes to (given to `signal.set_wakeup_fd()`)."""
+        return self._wsock.fileno()
 
     def wake(self) -> None:
         """Make the reactor's next (or current) wait return. Thread- and signal-safe."""

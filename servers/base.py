@@ -90,6 +90,12 @@ class BaseServer:
         self.__shutdown_request = False
         self._in_flight = {}
 
+    @property
+    def reactor(self) -> Any:
+        """The `reactor.Reactor` this server is registered on (its private one while
+        `serve_forever()`/`handle_request()` run), or None."""
+        return self._reactor
+
     # ------------------------------------------------------------ standard hooks
     def server_activate(self) -> None:
         """Called by the constructor to activate the server. May be overridden."""
@@ -231,10 +237,14 @@ class BaseServer:
                     break
                 if deadline is not None and reactor.time() > deadline:
                     return self.handle_timeout()
+            # One request per call, as in the standard library: while the async request runs
+            # to completion, connections that arrive wait for the next call.
+            self._stop_accepting()
             while self._reactor is reactor and len(self._in_flight) > self._offloaded:
                 reactor.run_once(None)
         finally:
             self._single_request = False
+            self._maybe_resume_accepting()
         return None
 
     # ------------------------------------------------------------ the listener protocol

@@ -20,6 +20,8 @@ import os
 import threading
 from typing import Any
 
+import handlers
+
 __all__ = ["ThreadingMixIn", "ForkingMixIn"]
 
 logger = logging.getLogger("servers")
@@ -43,9 +45,12 @@ class ThreadingMixIn:
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run one request in the current thread: `finish_request()`, `handle_error()` for an
-        Exception, and `shutdown_request()` always."""
+        Exception (a client over a bound, `handlers.LimitExceeded`, is one warning instead, as
+        on the reactor), and `shutdown_request()` always."""
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        except handlers.LimitExceeded as exc:
+            _log_limit_exceeded(self, client_address, exc)
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
@@ -89,14 +94,16 @@ class ThreadingMixIn:
             self.process_request_thread(request, client_address)
         finally:
             if reactor is not None:
-                reactor.call_soon_threadsafe(self._thread_done, entry, threading.current_thread())
+                reactor.call_soon_threadsafe(self._thread_done, entry, threading.current_thread(),
+                                             reactor)
 
-    def _thread_done(self, entry: Any, thread: threading.Thread) -> None:
+    def _thread_done(self, entry: Any, thread: threading.Thread, reactor: Any) -> None:
+        # `reactor` is the one the request started on: the server may have left it since.
         self._thread_count -= 1
         threads = self._threads
         if threads and thread in threads:
             threads.remove(thread)
-        self._reactor.close_request(entry)  # type: ignore[attr-defined]
+        reactor.close_request(entry)
         self._request_closed(entry)  # type: ignore[attr-defined]
 
     def _live_threads(self) -> list[threading.Thread]:
@@ -127,7 +134,7 @@ class ForkingMixIn:
     active_children: set[int] | None = None
     max_children = 40
     block_on_close = True
-    _children: Any = None  # pid -> (entry, pidfd)
+    _children: Any = None  # pid -> (entry, pidfd, reactor)
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap finished children (only ours); with `blocking`, wait for all of them.
@@ -162,6 +169,8 @@ class ForkingMixIn:
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
             status = 0
+        except handlers.LimitExceeded as exc:
+            _log_limit_exceeded(self, client_address, exc)
         except Exception:
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
@@ -191,7 +200,7 @@ class ForkingMixIn:
                 pidfd = -1  # an old kernel: service_actions() reaps it instead
         if self._children is None:
             self._children = {}
-        self._children[pid] = (entry, pidfd)
+        self._children[pid] = (entry, pidfd, reactor)
         if pidfd >= 0:
             reactor.add_reader(pidfd, self._wait_child, pid, os.WNOHANG)
         if not self._below_limits():  # type: ignore[attr-defined]
@@ -212,16 +221,21 @@ class ForkingMixIn:
         item = (self._children or {}).pop(pid, None)
         if item is None:
             return
-        entry, pidfd = item
-        reactor = entry_reactor = self._reactor  # type: ignore[attr-defined]
+        entry, pidfd, reactor = item  # the reactor the child was started from
         if pidfd >= 0:
-            if entry_reactor is not None and not entry_reactor.closed:
-                entry_reactor.remove_reader(pidfd)
+            if not reactor.closed:
+                reactor.forget(pidfd)
             os.close(pidfd)
-        if reactor is not None and not reactor.closed:
-            reactor.close_request(entry)
+        reactor.close_request(entry)
         self._request_closed(entry)  # type: ignore[attr-defined]
 
     def _below_limits(self) -> bool:
         return super()._below_limits() and (  # type: ignore[misc]
             len(self.active_children or ()) < self.max_children)
+
+
+def _log_limit_exceeded(server: Any, client_address: Any, exc: Exception) -> None:
+    """A client broke a bound of an async handler run in a thread or a child: one warning,
+    as `BaseServer` logs it for requests on the reactor (it is the client's fault, not a
+    server error for `handle_error()`)."""
+    logger.warning("%s: closing connection from %s: %s", server._name(), client_address, exc)
