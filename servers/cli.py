@@ -1,0 +1,604 @@
+"""The command line: `python -m servers MODULE:CLASS --bind URL [--bind URL ...]`.
+
+Serves one handler class on any number of addresses in one process: every server is
+registered on ONE `reactor.Reactor`, whose `serve_forever()` runs them all. The mode picks the
+server classes (`--mode threading` + `tcp://` -> `ThreadingTCPServer`, ...); limits and
+timeouts are set on subclasses made for this run with `type()`, never on the library's classes.
+SIGINT/SIGTERM stop it gracefully (see `Run.stop`). See docs/cli.md for the whole story.
+
+Why stopping is done in two phases: the reactor's `shutdown()` drains the requests that run on
+the loop, but requests handed to threads and children are not the loop's to wait for. After
+the loop returns we therefore wait for them too, up to the same deadline, by closing the
+servers (`server_close()` joins threads and reaps children, as the standard library does); a
+SIGALRM armed for the deadline cuts off what is left: thread requests get their socket shut
+down (their blocked reads see EOF), children get SIGTERM. Children ignore SIGINT, so that a
+Ctrl-C sent to the whole terminal process group lets them finish, as the parent does.
+
+Exit status: 0 after a graceful stop, 1 when an address cannot be bound, 2 for bad arguments
+(argparse's convention), 128 + signal number when a second signal cut the drain short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+import handlers
+import reactor
+import servers
+from reactor import Stage
+
+from . import builtin
+from .base import BaseServer
+
+__all__ = ["main", "build_parser", "parse_bind", "load_handler", "handler_for", "is_async",
+           "server_class_for", "make_plans", "Bind", "Plan", "Run", "StopNow", "MODES",
+           "SERVER_OPTIONS", "STOP_SIGNALS", "EPILOG"]
+
+logger = logging.getLogger("servers")
+
+MODES = ("reactor", "threading", "forking", "sync")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Options that become class attributes of this run's server classes (same names).
+SERVER_OPTIONS = ("max_connections", "max_threads", "max_children", "shutdown_timeout",
+                  "read_ahead")
+
+EPILOG = """\
+addresses (--bind, repeatable):
+  tcp://HOST:PORT    udp://HOST:PORT    tcp://[::1]:PORT (IPv6 in brackets)
+  unix:PATH          unixgram:PATH      unix:@NAME (Linux abstract socket)
+  Port 0 picks a free port; the real address is printed at start.
+
+modes (--mode):
+  reactor    async handlers: every request a task on one thread (default for them)
+  threading  classic handlers: a thread per request (default for them)
+  forking    a child process per request (classic or async handlers)
+  sync       classic handlers inline, one request at a time, as socketserver does;
+             a slow client stalls every address of the process (see --read-ahead)
+
+examples:
+  python -m servers servers.builtin:Echo --bind tcp://127.0.0.1:9000
+  python -m servers servers.builtin:Echo --bind tcp://127.0.0.1:9000 --bind udp://127.0.0.1:9000
+  python -m servers servers.builtin:Status --bind unix:/tmp/status.sock
+  python -m servers myhandlers:Shout --bind tcp://[::1]:9000 --bind unix:/tmp/shout.sock
+  python -m servers myhandlers:Classic --mode sync --read-ahead '\\n' --timeout 10 \\
+      --bind tcp://127.0.0.1:9000
+
+Ctrl-C or SIGTERM stops gracefully: no new connections, requests in flight finish (up to
+--shutdown-timeout seconds), then exit 0; a second signal cuts the wait short.
+"""
+
+
+# --------------------------------------------------------------------------- addresses
+@dataclasses.dataclass(frozen=True)
+class Bind:
+    """One `--bind` address.
+
+    Attributes:
+        url: the text as given.
+        kind: "tcp", "udp", "unix" or "unixgram".
+        address: what the server class takes: `(host, port)` or a Unix path (a leading
+            NUL for an abstract socket).
+    """
+
+    url: str
+    kind: str
+    address: Any
+
+    @property
+    def datagram(self) -> bool:
+        return self.kind in ("udp", "unixgram")
+
+
+def parse_bind(text: str) -> Bind:
+    """Parse a `--bind` value.
+
+    Raises:
+        ValueError: the message says what to write instead.
+    """
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in ("tcp", "udp"):
+        return Bind(text, scheme, _host_port(rest, scheme))
+    if sep and scheme in ("unix", "unixgram"):
+        return Bind(text, scheme, _unix_path(rest, scheme))
+    if sep:
+        raise ValueError(f"unknown scheme {scheme + '://'!r} in {text!r}; write "
+                         "tcp://HOST:PORT, udp://HOST:PORT, unix:PATH or unixgram:PATH")
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in ("unix", "unixgram"):
+        return Bind(text, scheme, _unix_path(rest, scheme))
+    if sep and scheme in ("tcp", "udp"):
+        raise ValueError(f"write {scheme}://{rest} (with //) instead of {text!r}")
+    if "/" in text and ":" not in text:
+        raise ValueError(f"{text!r} has no scheme; write unix:{text} (or unixgram:{text})")
+    raise ValueError(f"{text!r} has no scheme; write tcp://{text} or udp://{text} "
+                     "(for example tcp://127.0.0.1:9000)")
+
+
+def _host_port(rest: str, scheme: str) -> tuple[str, int]:
+    if rest.startswith("["):
+        host, bracket, port = rest[1:].partition("]")
+        if not bracket or not port.startswith(":"):
+            raise ValueError(f"write {scheme}://[IPV6]:PORT, e.g. {scheme}://[::1]:9000 "
+                             f"(got {scheme}://{rest})")
+        port = port[1:]
+    else:
+        host, colon, port = rest.rpartition(":")
+        if not colon:
+            raise ValueError(f"{scheme}://{rest} has no port; write {scheme}://{rest}:PORT "
+                             "(PORT 0 picks a free one)")
+        if ":" in host:
+            raise ValueError(f"put IPv6 addresses in brackets: {scheme}://[{host}]:{port}")
+    if not host:
+        raise ValueError(f"{scheme}://{rest} has no host; write {scheme}://127.0.0.1:{port} "
+                         f"for this machine only, or {scheme}://0.0.0.0:{port} for every "
+                         "interface")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"port {port!r} in {scheme}://{rest} is not a number from 0 to 65535 "
+                         "(0 picks a free port)")
+    return host, int(port)
+
+
+def _unix_path(path: str, scheme: str) -> str:
+    if not path:
+        raise ValueError(f"{scheme}: needs a path, e.g. {scheme}:/tmp/server.sock")
+    if path.startswith("@"):
+        return "\0" + path[1:]
+    return path
+
+
+# --------------------------------------------------------------------------- handlers
+def load_handler(spec: str) -> type:
+    """Import the handler class named by `module:Class` (`Class` may be dotted: `Outer.Inner`).
+
+    Raises:
+        ValueError: the spec is malformed, the module or attribute is missing, or the object
+            is not a request handler class; the message says what to write instead. Errors raised by the
+            module's own code while it is imported propagate unchanged.
+    """
+    module_name, colon, qualname = spec.partition(":")
+    if not colon or not module_name or not qualname:
+        raise ValueError(f"write the handler as MODULE:CLASS, e.g. servers.builtin:Echo "
+                         f"(got {spec!r})")
+    if module_name.endswith(".py") or "/" in module_name:
+        dotted = module_name.removesuffix(".py").replace("/", ".")
+        raise ValueError(f"write a module name, not a file: {dotted}:{qualname} (run from the "
+                         "directory that holds it)")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise  # the module exists but imports something missing: show the traceback
+        raise ValueError(f"no module named {exc.name!r}; write MODULE:CLASS with a module "
+                         "importable from the current directory or the Python path") from None
+    obj: Any = module
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            choices = _handler_names(module)
+            hint = f"; handler classes there: {', '.join(choices)}" if choices else ""
+            raise ValueError(f"{module_name} has no attribute {qualname!r}{hint}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(
+            obj, (handlers.BaseRequestHandler, socketserver.BaseRequestHandler))):
+        raise ValueError(f"{spec} is not a request handler class; give a subclass of "
+                         "servers.BaseRequestHandler, StreamRequestHandler or "
+                         "DatagramRequestHandler")
+    return obj
+
+
+def _handler_names(module: Any) -> list[str]:
+    """Handler classes defined in `module` (or, if none, any it offers)."""
+    bases = (handlers.BaseRequestHandler, socketserver.BaseRequestHandler)
+    found = {name: value for name, value in vars(module).items()
+             if isinstance(value, type) and issubclass(value, bases) and name[:1] != "_"}
+    own = [name for name, value in found.items() if value.__module__ == module.__name__]
+    return sorted(own or found)
+
+
+def is_async(handler: type) -> bool:
+    """True when the handler's `handle()` is `async def`."""
+    return inspect.iscoroutinefunction(getattr(handler, "handle", None))
+
+
+def _is_stream_handler(handler: type) -> bool:
+    return issubclass(handler, (handlers.StreamRequestHandler,
+                                socketserver.StreamRequestHandler))
+
+
+def _is_datagram_handler(handler: type) -> bool:
+    return issubclass(handler, (handlers.DatagramRequestHandler,
+                                socketserver.DatagramRequestHandler))
+
+
+def handler_for(handler: type, bind: Bind) -> type:
+    """The class that serves `bind`: `handler`, or for a datagram address its datagram
+    counterpart named in `handler.datagram_handler` (declared on the class itself).
+
+    Raises:
+        ValueError: the handler reads a stream and the address is datagram, or the reverse.
+    """
+    if bind.datagram and _is_stream_handler(handler):
+        twin = vars(handler).get("datagram_handler")
+        if isinstance(twin, type):
+            return twin
+        raise ValueError(f"{handler.__name__} is a stream handler and cannot serve {bind.url}; "
+                         "bind it to tcp:// or unix:, or give a DatagramRequestHandler "
+                         "(e.g. servers.builtin:DatagramEcho)")
+    if not bind.datagram and _is_datagram_handler(handler):
+        raise ValueError(f"{handler.__name__} is a datagram handler and cannot serve "
+                         f"{bind.url}; bind it to udp:// or unixgram:")
+    return handler
+
+
+# --------------------------------------------------------------------------- server classes
+def _server_bases() -> dict[tuple[str, str], type]:
+    """(mode, kind) -> the library's class, for the classes this platform has."""
+    table: dict[tuple[str, str], type] = {}
+    for kind, plain in (("tcp", "TCPServer"), ("udp", "UDPServer"),
+                        ("unix", "UnixStreamServer"), ("unixgram", "UnixDatagramServer")):
+        for mode, name in (("reactor", plain), ("sync", plain),
+                           ("threading", "Threading" + plain), ("forking", "Forking" + plain)):
+            cls = getattr(servers, name, None)
+            if cls is not None:
+                table[mode, kind] = cls
+    return table
+
+
+class _ChildSignals:
+    """For forking servers: a child ignores SIGINT (a Ctrl-C reaches the whole process group;
+    the parent decides when to stop) and dies on SIGTERM (what the parent sends when the
+    drain deadline passes). It inherited the parent's reactor handlers, which do neither."""
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        super().finish_request(request, client_address)  # type: ignore[misc]
+
+
+def server_class_for(mode: str, kind: str, settings: dict[str, Any]) -> type:
+    """A subclass, made for this run, of the library's server class for `mode` and `kind`
+    (e.g. threading + tcp -> `ThreadingTCPServer`), with `settings` as class attributes.
+
+    Raises:
+        ValueError: the platform lacks it (no `os.fork`, no Unix sockets).
+    """
+    base = _server_bases().get((mode, kind))
+    if base is None:
+        missing = "os.fork()" if mode == "forking" else "Unix sockets"
+        raise ValueError(f"--mode {mode} with {kind} addresses needs {missing}, which this "
+                         "platform lacks; choose another mode or address")
+    attrs = dict(settings)
+    if kind == "tcp":
+        attrs.setdefault("allow_reuse_address", True)  # restart at once, as http.server does
+    bases: tuple[type, ...] = (base,)
+    if mode == "forking":
+        bases = (_ChildSignals, base)
+    attrs["__module__"] = __name__
+    return type(base.__name__, bases, attrs)
+
+
+def _handler_subclass(handler: type, settings: dict[str, Any]) -> type:
+    if not settings:
+        return handler
+    attrs = dict(settings, __module__=handler.__module__, __qualname__=handler.__qualname__)
+    return type(handler.__name__, (handler,), attrs)
+
+
+# --------------------------------------------------------------------------- arguments
+def _count_or_none(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"write a whole number >= 1 or 'none', not {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    value = _count_or_none(text)
+    if value is None:
+        raise argparse.ArgumentTypeError("write a whole number >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"write a number of seconds, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"write a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("write a number of seconds > 0, or 'none'")
+    return value
+
+
+def _terminator(text: str) -> bytes:
+    try:
+        value = text.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    except (UnicodeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"write the terminator with backslash escapes, e.g. '\\n' or '\\r\\n\\r\\n' "
+            f"(got {text!r})") from None
+    if not value:
+        raise argparse.ArgumentTypeError("the terminator cannot be empty; e.g. '\\n'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m servers`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m servers",
+        description="Serve a request handler class on one or more addresses, in one process.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("handler", metavar="MODULE:CLASS",
+                        help="the handler class, e.g. servers.builtin:Echo or myhandlers:Shout "
+                             "(modules in the current directory are found)")
+    parser.add_argument("--bind", "-b", metavar="URL", action="append", default=[],
+                        help="an address to serve on (repeatable); see 'addresses' below")
+    parser.add_argument("--mode", choices=MODES,
+                        help="how requests run (default: reactor for async handlers, threading "
+                             "for classic ones); see 'modes' below")
+    # Given-or-not matters (an option given as 'none' overrides a class default), so these
+    # options are absent from the namespace unless given.
+    limits = parser.add_argument_group("limits and timeouts (default: the library's)",
+                                       argument_default=argparse.SUPPRESS)
+    limits.add_argument("--max-connections", type=_count_or_none, metavar="N",
+                        help="requests in flight per address; at the bound the server stops "
+                             "accepting until one ends (default 4096; 'none': no bound)")
+    limits.add_argument("--max-threads", type=_count_or_none, metavar="N",
+                        help="--mode threading: request threads per address (default 256)")
+    limits.add_argument("--max-children", type=_count, metavar="N",
+                        help="--mode forking: child processes per address (default 40)")
+    limits.add_argument("--timeout", type=_seconds_or_none, metavar="SECONDS",
+                        help="the handler's timeout: a read or write that waits longer raises "
+                             "TimeoutError in handle() (default: none)")
+    limits.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
+                        help="how long a graceful stop lets requests in flight finish before "
+                             "cutting them off (default 30)")
+    limits.add_argument("--read-ahead", type=_terminator, metavar="TERMINATOR",
+                        help="classic handlers on stream addresses: hold each new connection "
+                             "until its first request, up to TERMINATOR (e.g. '\\n' or "
+                             "'\\r\\n\\r\\n'), has arrived, so a slow client cannot stall "
+                             "--mode sync")
+    parser.add_argument("--log-level", default="warning",
+                        choices=("debug", "info", "warning", "error", "critical"),
+                        help="log messages of at least this level to stderr (default warning)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the arguments and the handler, print what would be served, "
+                             "and exit without binding anything")
+    return parser
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One server to start: its class, address and handler class."""
+
+    bind: Bind
+    server_class: type
+    handler_class: type
+    mode: str
+
+    def describe(self, url: str | None = None) -> str:
+        return (f"{self.handler_class.__name__} on {url or self.bind.url} "
+                f"({self.mode} mode)")
+
+
+def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> list[Plan]:
+    """Check the parsed arguments together and decide the servers; `error(message)` is
+    called (argparse's `parser.error`, which exits 2) for any combination that cannot work."""
+    if not args.bind:
+        error("give at least one address to serve on, e.g. --bind tcp://127.0.0.1:9000")
+    try:
+        handler = load_handler(args.handler)
+        binds = [parse_bind(text) for text in args.bind]
+        pairs = [(bind, handler_for(handler, bind)) for bind in binds]
+    except ValueError as exc:
+        error(str(exc))
+    mode = args.mode or ("reactor" if is_async(handler) else "threading")
+    _check_options(args, mode, pairs, error)
+    plans = []
+    for bind, cls in pairs:
+        _check_mode(mode, cls, error)
+        try:
+            server_class = server_class_for(mode, bind.kind, _server_settings(args))
+        except ValueError as exc:
+            error(str(exc))
+        handler_settings = {"timeout": args.timeout} if "timeout" in vars(args) else {}
+        plans.append(Plan(bind, server_class, _handler_subclass(cls, handler_settings), mode))
+    return plans
+
+
+def _check_mode(mode: str, handler: type, error: Callable[[str], NoReturn]) -> None:
+    name = handler.__name__
+    if mode == "reactor" and not is_async(handler):
+        error(f"{name}.handle is a plain def: on the reactor it would run inline and stall "
+              "every other client; use --mode threading (or forking), or --mode sync to "
+              "accept one request at a time")
+    if mode == "sync" and is_async(handler):
+        error(f"{name}.handle is async def: it runs as a task on the reactor, never one "
+              "request at a time; use --mode reactor")
+
+
+def _check_options(args: argparse.Namespace, mode: str, pairs: list[tuple[Bind, type]],
+                   error: Callable[[str], NoReturn]) -> None:
+    given = vars(args)
+    if "max_threads" in given and mode != "threading":
+        error(f"--max-threads applies to --mode threading, not {mode}; use --max-connections")
+    if "max_children" in given and mode != "forking":
+        error(f"--max-children applies to --mode forking, not {mode}; use --max-connections")
+    if "read_ahead" in given:
+        classic_streams = [b for b, cls in pairs if not b.datagram and not is_async(cls)]
+        if not classic_streams:
+            error("--read-ahead applies to classic (def handle) handlers on tcp:// or unix: "
+                  "addresses; async handlers never block the loop, so drop it")
+
+
+def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = vars(args)
+    return {name: given[name] for name in SERVER_OPTIONS if name in given}
+
+
+# --------------------------------------------------------------------------- running
+class StopNow(Exception):
+    """Raised on the loop by a second stop signal: stop without waiting for the drain."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class Run:
+    """The servers of one `python -m servers` run on one reactor, and how they stop.
+
+    Args:
+        loop: the reactor every server is registered on.
+        servers: the servers, already bound.
+
+    The first stop signal arrives through the reactor (`stop()`, between requests). From then
+    on our own handler takes every further signal, so that none can fall into a gap between
+    two handlers (where SIGTERM's default would kill the process): on the loop it makes the
+    loop return (`StopNow`); while closing it cuts off what is left.
+    """
+
+    def __init__(self, loop: reactor.Reactor, servers: list[BaseServer]) -> None:
+        self.loop = loop
+        self.servers = servers
+        self.deadline: float | None = None
+        self.forced: int | None = None
+        self.closing = False
+
+    def serve(self) -> int:
+        """Serve until a stop signal; then drain and close. Returns the exit status."""
+        for signum in STOP_SIGNALS:
+            self.loop.add_signal_handler(signum, self.stop, signum)
+        try:
+            self.loop.serve_forever()
+        except StopNow:
+            logger.warning("second signal: stopping without waiting for requests in flight")
+        finally:
+            try:
+                self.close()
+            except StopNow:  # yet another signal while closing: stop waiting
+                pass
+        return 0 if self.forced is None else 128 + self.forced
+
+    def stop(self, signum: int) -> None:
+        """The first stop signal (a reactor signal callback): start a graceful shutdown."""
+        for each in STOP_SIGNALS:
+            signal.signal(each, self._on_another_signal)
+        timeout = max((float(getattr(s, "shutdown_timeout", 0.0)) for s in self.servers),
+                      default=0.0)
+        self.deadline = self.loop.time() + timeout
+        logger.info("signal %d: no new connections; draining %d requests in flight (up to "
+                    "%g s; signal again to stop at once)", signum, len(self.loop.requests),
+                    timeout)
+        self.loop.shutdown()
+
+    def close(self) -> None:
+        """Close every server, waiting (until the drain deadline) for requests in threads
+        and children; what is left at the deadline, or at another signal, is cut off."""
+        self.closing = True
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_another_signal)
+        previous_alarm = signal.signal(signal.SIGALRM, self._on_deadline)
+        try:
+            remaining = 0.0
+            if self.deadline is not None and self.forced is None:
+                remaining = max(0.0, self.deadline - self.loop.time())
+            if self._offloaded():
+                if remaining > 0:
+                    signal.setitimer(signal.ITIMER_REAL, remaining)
+                else:
+                    self._cut_off()
+            for server in self.servers:
+                server.server_close()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+
+    def _on_another_signal(self, signum: int, frame: object) -> None:
+        if not self.closing:
+            self.forced = signum
+            self.loop.call_soon_threadsafe(self._stop_now, signum)  # raise between requests
+        elif self.forced is None:
+            self.forced = signum
+            self._cut_off()
+        else:
+            raise StopNow(signum)
+
+    def _stop_now(self, signum: int) -> None:
+        raise StopNow(signum)
+
+    def _on_deadline(self, signum: int, frame: object) -> None:
+        self._cut_off()
+
+    def _offloaded(self) -> list[Any]:
+        return [entry for entry in self.loop.requests if entry.stage is Stage.OFFLOADED]
+
+    def _cut_off(self) -> None:
+        offloaded = self._offloaded()
+        if offloaded:
+            logger.warning("cutting off %d requests still running in threads or children",
+                           len(offloaded))
+        for entry in offloaded:
+            if isinstance(entry.request, socket.socket) and entry.request.fileno() >= 0:
+                try:
+                    entry.request.shutdown(socket.SHUT_RDWR)  # the thread's reads see EOF
+                except OSError:
+                    pass  # the peer or the thread closed it meanwhile
+        for server in self.servers:
+            for pid in list(getattr(server, "active_children", None) or ()):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass  # exited meanwhile; server_close() reaps it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (`python -m servers` exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # MODULE:CLASS may live in the current directory
+    plans = make_plans(args, parser.error)
+    if args.check:
+        for plan in plans:
+            print(f"would serve {plan.describe()}", file=sys.stderr)
+        return 0
+    with reactor.Reactor() as loop:
+        started: list[BaseServer] = []
+        try:
+            for plan in plans:
+                started.append(plan.server_class(plan.bind.address, plan.handler_class))
+                loop.register(started[-1])
+        except OSError as exc:
+            for server in started:
+                server.server_close()
+            print(f"{parser.prog}: error: cannot listen on {plan.bind.url}: {exc}",
+                  file=sys.stderr)
+            return 1
+        for plan, server in zip(plans, started):
+            print(f"serving {plan.describe(builtin.server_url(server))}", file=sys.stderr,
+                  flush=True)
+        return Run(loop, started).serve()
