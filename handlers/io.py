@@ -167,7 +167,7 @@ class AsyncReader:
         if self.closed:
             raise ValueError("read from a closed rfile")
         try:
-            data = self._sock.recv(RECV_SIZE)
+            data: bytes = self._sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             if not self._nonblocking:
                 raise
@@ -197,6 +197,8 @@ class AsyncWriter:
             (a handler that writes a lot must `await drain()`).
         ConnectionError: from `write()`/`drain()` once the peer has gone.
     """
+
+    _fd: int
 
     __slots__ = ("_sock", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
                  "_flusher", "_error", "_stats", "_corked", "_reader", "high_water",

@@ -30,7 +30,7 @@ class SocketWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         self._sock.sendall(b)
         with memoryview(b) as view:
             return view.nbytes

@@ -94,7 +94,7 @@ class RequestEntry:
             return "handling"
         if stage is Stage.OFFLOADED:
             return f"in-{(self.where or 'thread').split()[0]}"
-        return stage.value
+        return str(stage.value)
 
     def move_to(self, stage: Stage) -> None:
         """Change stage, refusing moves that `NEXT_STAGES` does not allow."""

@@ -120,6 +120,7 @@ class BaseServer:
             self.shutdown_request(request)
             return
         entry = self._open_entry(request, client_address)
+        owned_by_task = False
         try:
             entry.stage = Stage.RUNNING
             with handlers.deferred_start(reactor, entry) as deferred:
@@ -127,12 +128,12 @@ class BaseServer:
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
                 reactor.spawn(deferred.coroutine, entry, self._task_done)
-                entry = None  # the task owns the entry now
+                owned_by_task = True  # the task closes the request and its entry
             else:
                 entry.move_to(Stage.CLOSING)
                 self.shutdown_request(request)
         finally:
-            if entry is not None:
+            if not owned_by_task:
                 reactor.close_request(entry)
                 self._request_closed(entry)
 
@@ -401,7 +402,7 @@ class BaseServer:
         self._maybe_resume_accepting()
 
     def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
-        entry = self._reactor.open_request(self, request, client_address,
+        entry: RequestEntry = self._reactor.open_request(self, request, client_address,
                                            self._request_fd(request))
         self._in_flight[entry] = None
         limit = self.max_connections

@@ -80,7 +80,7 @@ class ThreadingMixIn:
                 reactor.close_request(entry)
                 self._request_closed(entry)  # type: ignore[attr-defined]
             raise
-        if not self._below_limits():  # type: ignore[attr-defined]
+        if not self._below_limits():
             self._stop_accepting()  # type: ignore[attr-defined]
 
     def server_close(self) -> None:
@@ -107,7 +107,7 @@ class ThreadingMixIn:
         self._request_closed(entry)  # type: ignore[attr-defined]
 
     def _live_threads(self) -> list[threading.Thread]:
-        threads = self._threads
+        threads: list[threading.Thread] | None = self._threads
         if threads is None:
             threads = self._threads = []
         threads[:] = [t for t in threads if t.is_alive() or not t.ident]
@@ -203,7 +203,7 @@ class ForkingMixIn:
         self._children[pid] = (entry, pidfd, reactor)
         if pidfd >= 0:
             reactor.add_reader(pidfd, self._wait_child, pid, os.WNOHANG)
-        if not self._below_limits():  # type: ignore[attr-defined]
+        if not self._below_limits():
             self._stop_accepting()  # type: ignore[attr-defined]
 
     def _wait_child(self, pid: int, flags: int) -> None:
