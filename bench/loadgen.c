@@ -524,7 +524,16 @@ static void usage(const char *prog)
     fprintf(stderr,
             "usage: %s (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT)\n"
             "          [-c CONNS] [-d DEPTH] [--churn] [-s SIZE] [-t SECS]\n"
-            "          [-w WARMUP_SECS] [--ramp-timeout SECS] [--udp-timeout MS]\n",
+            "          [-w WARMUP_SECS] [--ramp-timeout SECS] [--udp-timeout MS]\n"
+            "  -c, --conns N        connections / UDP sockets / churn concurrency (1)\n"
+            "  -d, --depth D        lines per write, then wait for D replies (1)\n"
+            "      --churn          connect, 1 line, reply, close, repeat\n"
+            "  -s, --size B         message size incl. newline (64)\n"
+            "  -t, --duration S     measured seconds (2)\n"
+            "  -w, --warmup S       unmeasured full-load seconds first (0.5)\n"
+            "      --ramp-timeout S bound of the connect barrier (10)\n"
+            "      --udp-timeout MS re-send an unanswered datagram after MS (200)\n"
+            "Prints MARK start / MARK end, then one JSON object.\n",
             prog);
 }
 
@@ -632,6 +641,7 @@ static int parse_args(int argc, char **argv)
         case 'w': cfg.warmup = atof(optarg); break;
         case 'R': cfg.ramp_timeout = atof(optarg); break;
         case 'O': cfg.udp_timeout_ms = atof(optarg); break;
+        case 'h': usage(argv[0]); exit(0);
         default: return -1;
         }
     }

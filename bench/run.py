@@ -36,7 +36,6 @@ wrk subjects/workloads are skipped when unavailable, not failed).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import html
 import json
@@ -52,9 +51,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -103,13 +103,14 @@ def _subject(name: str, family: str, modes: str, concurrent: bool, description: 
     return Subject(name, family, frozenset(modes.split()), concurrent, description)
 
 
-SUBJECTS: List[Subject] = [
+SUBJECTS: list[Subject] = [
     _subject("ours-async", "ours", "tcp unix http", True,
              "servers.TCPServer/UnixStreamServer + async handler (reactor mode)"),
     _subject("ours-classic", "ours", "tcp udp", False,
              "servers.TCPServer + blocking handler; servers.UDPServer + DatagramRequestHandler"),
     _subject("ours-threading", "ours", "tcp http", True,
-             "servers.ThreadingTCPServer + blocking handler; http.server handler on ThreadingMixIn"),
+             "servers.ThreadingTCPServer + blocking handler; "
+             "http.server handler on ThreadingMixIn"),
     _subject("ours-forking", "ours", "tcp", True, "servers.ForkingTCPServer + blocking handler"),
     _subject("stdlib-classic", "stdlib", "tcp udp", False,
              "socketserver.TCPServer / UDPServer (one client at a time)"),
@@ -157,17 +158,19 @@ class Workload:
         return "kib_per_conn" if self.kind == "idle" else "rps"
 
 
-WORKLOADS: List[Workload] = [
+WORKLOADS: list[Workload] = [
     Workload("echo-c1", "echo", "tcp", 1, 1, "TCP line echo, ping-pong, 1 connection",
              needs_concurrency=False),
     Workload("echo-c100", "echo", "tcp", 100, 4, "TCP line echo, ping-pong, 100 connections"),
     Workload("echo-c1000", "echo", "tcp", 1000, 16, "TCP line echo, ping-pong, 1000 connections"),
-    Workload("pipe-d16", "echo", "tcp", 100, 4, "TCP line echo, 16 lines per write, 100 connections",
+    Workload("pipe-d16", "echo", "tcp", 100, 4,
+             "TCP line echo, 16 lines per write, 100 connections",
              depth=16),
     Workload("churn", "echo", "tcp", 10, 2,
              "TCP connect / 1 line / reply / close, 10 at a time", churn=True,
              needs_concurrency=False),
-    Workload("unix-c100", "echo", "unix", 100, 4, "Unix stream line echo, ping-pong, 100 connections"),
+    Workload("unix-c100", "echo", "unix", 100, 4,
+             "Unix stream line echo, ping-pong, 100 connections"),
     Workload("udp-s50", "udp", "udp", 50, 4, "UDP echo, ping-pong, 50 sockets",
              needs_concurrency=False),
     Workload("http-c100", "http", "tcp", 100, 4, "HTTP/1.1 hello keep-alive, wrk -t1 -c100"),
@@ -189,7 +192,7 @@ STDLIB_SAME_MODE = {
 }
 
 #: Reference columns: label -> candidates in preference order (first present wins).
-REFERENCES: List[Tuple[str, Tuple[str, ...]]] = [
+REFERENCES: list[tuple[str, tuple[str, ...]]] = [
     ("asyncio", ("asyncio-streams", "asyncio-protocol")),
     ("uvloop", ("uvloop-streams", "uvloop-protocol")),
     ("stdlib", ()),  # per-row: STDLIB_SAME_MODE
@@ -221,11 +224,11 @@ class Settings:
     repeat: int
     smoke: bool
     size: int
-    subjects: List[Subject]
-    workloads: List[Workload]
+    subjects: list[Subject]
+    workloads: list[Workload]
     have_uvloop: bool
-    wrk: Optional[str]
-    taskset: Optional[str]
+    wrk: str | None
+    taskset: str | None
     out_dir: Path
     stamp: str
     log_dir: Path
@@ -261,11 +264,15 @@ def build_loadgen(force: bool = False) -> Path:
 
 
 def venv_dir_for(python: str) -> Path:
-    """``bench/.venv`` for the default interpreter, ``bench/.venv-X.Y`` otherwise."""
-    if python == sys.executable or Path(python).resolve() == Path(sys.executable).resolve():
-        return BENCH_DIR / ".venv"
+    """``bench/.venv``, unless it exists for another Python X.Y: then ``bench/.venv-X.Y``."""
     res = sh([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=30)
-    return BENCH_DIR / f".venv-{res.stdout.strip() or 'other'}"
+    version = res.stdout.strip() or "other"
+    default = BENCH_DIR / ".venv"
+    cfg = default / "pyvenv.cfg"
+    if not cfg.exists():
+        return default
+    match = re.search(r"^version(?:_info)?\s*=\s*(\d+\.\d+)", cfg.read_text(), re.M)
+    return default if match and match.group(1) == version else BENCH_DIR / f".venv-{version}"
 
 
 def has_module(python: str, module: str) -> bool:
@@ -298,7 +305,7 @@ def ensure_venv(base_python: str, install: bool) -> str:
     return str(vpy)
 
 
-def ensure_wrk(install: bool) -> Optional[str]:
+def ensure_wrk(install: bool) -> str | None:
     """Path of wrk, apt-installing it first (best effort) when allowed."""
     found = shutil.which("wrk")
     if found or not install:
@@ -317,7 +324,7 @@ def ensure_wrk(install: bool) -> Optional[str]:
     return shutil.which("wrk")
 
 
-def pin_self() -> Optional[str]:
+def pin_self() -> str | None:
     """Pin this script to the client CPU; return the taskset path (or None)."""
     taskset = shutil.which("taskset")
     try:
@@ -333,7 +340,7 @@ def pin_self() -> Optional[str]:
     return taskset
 
 
-def pinned(cmd: List[str], cpu: int, settings: Settings) -> List[str]:
+def pinned(cmd: list[str], cpu: int, settings: Settings) -> list[str]:
     return [settings.taskset, "-c", str(cpu), *cmd] if settings.taskset else cmd
 
 
@@ -342,7 +349,7 @@ def pinned(cmd: List[str], cpu: int, settings: Settings) -> List[str]:
 # --------------------------------------------------------------------------
 
 
-def _read_stat(pid: int) -> Optional[List[str]]:
+def _read_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name (index 0 = state)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -352,7 +359,7 @@ def _read_stat(pid: int) -> Optional[List[str]]:
     return data[data.rfind(b")") + 2:].decode().split()
 
 
-def group_pids(pgid: int) -> List[int]:
+def group_pids(pgid: int) -> list[int]:
     """All processes in process group ``pgid`` (the server and its children)."""
     pids = []
     for entry in os.listdir("/proc"):
@@ -364,18 +371,68 @@ def group_pids(pgid: int) -> List[int]:
     return pids
 
 
+def _scan_group_ticks(pgid: int) -> tuple[int, int]:
+    """(utime+stime+cutime+cstime clock ticks, process count) of a process group."""
+    ticks = processes = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _read_stat(int(entry))
+        if fields and int(fields[2]) == pgid:
+            processes += 1
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks, processes
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """utime+stime+cutime+cstime of every process in the group, in seconds.
 
     cutime/cstime carry the CPU time of children already reaped (forking
     servers); live children are counted directly.
     """
-    ticks = 0
-    for pid in group_pids(pgid):
-        fields = _read_stat(pid)
-        if fields:
-            ticks += sum(int(x) for x in fields[11:15])
-    return ticks / CLK_TCK
+    return _scan_group_ticks(pgid)[0] / CLK_TCK
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Busy time of one CPU from /proc/stat: user+nice+system+irq+softirq."""
+    prefix = f"cpu{cpu} "
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith(prefix):
+                v = [int(x) for x in line.split()[1:8]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+    return 0.0
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Server CPU counters at one instant (see ``server_cpu_delta``)."""
+
+    proc_s: float  # utime+stime+cutime+cstime over the process group
+    processes: int  # processes in the group
+    cpu_busy_s: float  # busy time of the server's CPU
+
+
+def sample_cpu(pgid: int) -> CpuSample:
+    busy = cpu_busy_seconds(SERVER_CPU)  # first: cheap, and closest to the mark
+    ticks, processes = _scan_group_ticks(pgid)
+    return CpuSample(ticks / CLK_TCK, processes, busy)
+
+
+def server_cpu_delta(start: CpuSample, end: CpuSample, pinned_cpu: bool) -> tuple[float, str]:
+    """Server CPU seconds between two samples, and which counter was used.
+
+    A single-process server: its /proc/PID/stat utime+stime (exact: derived
+    from the scheduler's nanosecond runtime).  A process tree (forking): the
+    per-process counters are whole clock ticks (10 ms), so 1000 children each
+    using a few ms in the window sum to ~0 (observed: 0.00 s while CPU 0 was
+    100 % busy).  Then, if the server is pinned alone on its CPU, that CPU's
+    busy time is used instead.
+    """
+    proc = end.proc_s - start.proc_s
+    if max(start.processes, end.processes) > 1 and pinned_cpu:
+        return end.cpu_busy_s - start.cpu_busy_s, "cpu-busy"
+    return proc, "proc-stat"
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -445,15 +502,15 @@ class SubjectProcess:
         self.workload = workload
         self.settings = settings
         self.log_path = settings.log_dir / f"{tag}.log"
-        self.proc: Optional[subprocess.Popen] = None
-        self.tmpdir: Optional[str] = None
+        self.proc: subprocess.Popen | None = None
+        self.tmpdir: str | None = None
         self.address = ""
         self.stop_method = ""
-        self.exit_code: Optional[int] = None
+        self.exit_code: int | None = None
         self.died_early = False
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> "SubjectProcess":
+    def __enter__(self) -> SubjectProcess:
         try:
             self.start()
         except BaseException:
@@ -483,8 +540,9 @@ class SubjectProcess:
             )
         line = self._read_line(START_TIMEOUT)
         if not line.startswith("READY "):
-            raise StartFailure(line or f"no READY within {START_TIMEOUT:.0f}s "
-                               f"(exit code {self.proc.poll()})")
+            code = self.proc.poll()
+            raise StartFailure(line or (f"exited with code {code} before READY" if code is not None
+                                        else f"no READY within {START_TIMEOUT:.0f}s"))
         self.address = line.split(None, 1)[1].strip()
 
     def _read_line(self, timeout: float) -> str:
@@ -556,13 +614,15 @@ class SubjectProcess:
 # --------------------------------------------------------------------------
 
 
-def _split_hostport(address: str) -> Tuple[str, str]:
+def _split_hostport(address: str) -> tuple[str, str]:
     """``tcp:127.0.0.1:4242`` -> ("tcp", "127.0.0.1:4242")."""
     transport, _, rest = address.partition(":")
     return transport, rest
 
 
-def run_loadgen(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -> Dict[str, Any]:
+def run_loadgen(
+    srv: SubjectProcess, wl: Workload, settings: Settings, conns: int
+) -> dict[str, Any]:
     """Run the C load generator; sample server CPU at its window marks."""
     transport, target = _split_hostport(srv.address)
     cmd = [str(LOADGEN_BIN), f"--{transport}", target, "-c", str(conns), "-d", str(wl.depth),
@@ -571,8 +631,8 @@ def run_loadgen(srv: SubjectProcess, wl: Workload, settings: Settings, conns: in
     if wl.churn:
         cmd.append("--churn")
     limit = settings.warmup + settings.duration + (3 if settings.smoke else 10) + 10
-    cpu: Dict[str, float] = {}
-    out_lines: List[str] = []
+    cpu: dict[str, CpuSample] = {}
+    out_lines: list[str] = []
     proc = subprocess.Popen(pinned(cmd, CLIENT_CPU, settings), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
@@ -589,9 +649,9 @@ def run_loadgen(srv: SubjectProcess, wl: Workload, settings: Settings, conns: in
                     break
                 line = line.strip()
                 if line == "MARK start":
-                    cpu["start"] = group_cpu_seconds(srv.pid)
+                    cpu["start"] = sample_cpu(srv.pid)
                 elif line == "MARK end":
-                    cpu["end"] = group_cpu_seconds(srv.pid)
+                    cpu["end"] = sample_cpu(srv.pid)
                 elif line:
                     out_lines.append(line)
         proc.wait(5)
@@ -606,7 +666,10 @@ def run_loadgen(srv: SubjectProcess, wl: Workload, settings: Settings, conns: in
     if proc.returncode != 0 or not out_lines:
         raise RuntimeError(f"loadgen exit {proc.returncode}: {err.strip()[-500:]}")
     result = json.loads(out_lines[-1])
+    if "start" not in cpu or "end" not in cpu:
+        raise RuntimeError("loadgen did not report its measurement window")
     lat = result["latency_us"]
+    server_cpu, cpu_source = server_cpu_delta(cpu["start"], cpu["end"], bool(settings.taskset))
     notes = []
     if result.get("ramp_incomplete"):
         notes.append(f"{result['ramp_incomplete']} connection(s) without a reply when the "
@@ -615,34 +678,37 @@ def run_loadgen(srv: SubjectProcess, wl: Workload, settings: Settings, conns: in
         notes.append(f"{result['stalled']} connection(s) stalled >1s at the end")
     if result.get("udp_retries"):
         notes.append(f"{result['udp_retries']} UDP datagram(s) re-sent")
-    server_cpu = cpu.get("end", 0.0) - cpu.get("start", 0.0)
     return {
         "rps": result["rps"], "requests": result["requests"], "seconds": result["seconds"],
         "errors": result["errors"], "lat_p50_us": lat["p50"], "lat_p90_us": lat["p90"],
-        "lat_p99_us": lat["p99"], "server_cpu_s": round(server_cpu, 3),
+        "lat_p99_us": lat["p99"], "server_cpu_s": round(server_cpu, 3), "cpu_source": cpu_source,
+        "proc_cpu_s": round(cpu["end"].proc_s - cpu["start"].proc_s, 3),
+        "cpu_busy_s": round(cpu["end"].cpu_busy_s - cpu["start"].cpu_busy_s, 3),
         "req_per_cpu_s": result["requests"] / server_cpu if server_cpu > 0 else None,
         "detail": result, **({"note": "; ".join(notes)} if notes else {}),
     }
 
 
-def run_wrk(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -> Dict[str, Any]:
+def run_wrk(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -> dict[str, Any]:
     """Run wrk (integer seconds: wrk rejects fractions) after a 1 s warm-up."""
     assert settings.wrk
     _, target = _split_hostport(srv.address)
     url = f"http://{target}/"
     seconds = max(1, round(settings.duration))
 
+    wrk_bin: str = settings.wrk
+
     def wrk(secs: int) -> subprocess.CompletedProcess:
-        cmd = [settings.wrk, "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
+        cmd = [wrk_bin, "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), url]
         return subprocess.run(pinned(cmd, CLIENT_CPU, settings), capture_output=True, text=True,
                               timeout=secs + 30, stdin=subprocess.DEVNULL)
 
     if settings.warmup > 0 and not settings.smoke:
         wrk(1)
-    cpu0 = group_cpu_seconds(srv.pid)
+    cpu0 = sample_cpu(srv.pid)
     res = wrk(seconds)
-    cpu1 = group_cpu_seconds(srv.pid)
+    cpu1 = sample_cpu(srv.pid)
     match = re.search(r"^WRKJSON (\{.*\})$", res.stdout, re.M)
     if res.returncode != 0 or not match:
         raise RuntimeError(f"wrk exit {res.returncode}: {(res.stdout + res.stderr).strip()[-500:]}")
@@ -650,11 +716,13 @@ def run_wrk(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -
     secs = data["duration_us"] / 1e6
     errors = sum(data[k] for k in ("errors_connect", "errors_read", "errors_write",
                                    "errors_status", "errors_timeout"))
-    server_cpu = cpu1 - cpu0
+    server_cpu, cpu_source = server_cpu_delta(cpu0, cpu1, bool(settings.taskset))
     return {
         "rps": data["requests"] / secs if secs else 0.0, "requests": data["requests"],
         "seconds": secs, "errors": errors, "lat_p50_us": data["p50"], "lat_p90_us": data["p90"],
-        "lat_p99_us": data["p99"], "server_cpu_s": round(server_cpu, 3),
+        "lat_p99_us": data["p99"], "server_cpu_s": round(server_cpu, 3), "cpu_source": cpu_source,
+        "proc_cpu_s": round(cpu1.proc_s - cpu0.proc_s, 3),
+        "cpu_busy_s": round(cpu1.cpu_busy_s - cpu0.cpu_busy_s, 3),
         "req_per_cpu_s": data["requests"] / server_cpu if server_cpu > 0 else None,
         "detail": data,
     }
@@ -685,7 +753,7 @@ def _echo_once(sock: socket.socket, payload: bytes, deadline: float) -> bool:
     return got == payload
 
 
-def run_idle(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -> Dict[str, Any]:
+def run_idle(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -> dict[str, Any]:
     """Server memory per idle connection.
 
     One warm-up exchange, baseline memory, then ``conns`` connections that
@@ -702,7 +770,7 @@ def run_idle(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) 
     time.sleep(0.3 if not settings.smoke else 0.1)
     base_kib = server_memory_kib(pid)
     base_accepted = accepted_connections(pid)
-    socks: List[socket.socket] = []
+    socks: list[socket.socket] = []
     errors = 0
     try:
         for _ in range(conns):
@@ -711,7 +779,8 @@ def run_idle(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) 
             except OSError:
                 errors += 1
         deadline = time.monotonic() + (5 if settings.smoke else 20)
-        while accepted_connections(pid) < base_accepted + len(socks) and time.monotonic() < deadline:
+        while (accepted_connections(pid) < base_accepted + len(socks)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         not_accepted = max(0, base_accepted + len(socks) - accepted_connections(pid))
         time.sleep(0.2 if settings.smoke else 0.5)
@@ -754,7 +823,7 @@ def _echo_tail(sock: socket.socket, expected: bytes, deadline: float) -> bool:
     return got == expected
 
 
-DRIVERS: Dict[str, Callable[..., Dict[str, Any]]] = {
+DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "echo": run_loadgen, "udp": run_loadgen, "http": run_wrk, "idle": run_idle,
 }
 
@@ -764,7 +833,7 @@ DRIVERS: Dict[str, Callable[..., Dict[str, Any]]] = {
 # --------------------------------------------------------------------------
 
 
-Group = Tuple[int, Subject, List[Workload]]
+Group = tuple[int, Subject, list[Workload]]
 
 
 @dataclass
@@ -777,24 +846,24 @@ class Runner:
     """
 
     settings: Settings
-    records: List[Dict[str, Any]] = field(default_factory=list)
-    failed_start: Dict[Tuple[str, str, str], str] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed_start: dict[tuple[str, str, str], str] = field(default_factory=dict)
     raw_fh: Any = None
 
-    def skip_reason(self, subject: Subject, wl: Workload) -> Optional[str]:
+    def skip_reason(self, subject: Subject, wl: Workload) -> str | None:
         if subject.needs_uvloop and not self.settings.have_uvloop:
             return "uvloop not importable"
         if wl.kind == "http" and not self.settings.wrk:
             return "wrk not available"
         return None
 
-    def plan(self) -> List[Group]:
+    def plan(self) -> list[Group]:
         """Interleaved order: for each repetition, each workload, every subject."""
         s = self.settings
         if s.smoke:
-            groups: List[Group] = []
+            groups: list[Group] = []
             for subject in s.subjects:
-                by_mode: Dict[Tuple[str, str], List[Workload]] = {}
+                by_mode: dict[tuple[str, str], list[Workload]] = {}
                 for wl in s.workloads:
                     if applies(subject, wl):
                         by_mode.setdefault((wl.mode, wl.proto), []).append(wl)
@@ -835,7 +904,7 @@ class Runner:
             return max(1, round(s.duration)) + (1 if not s.smoke else 0) + 0.5
         return s.warmup + s.duration + (0.15 if s.smoke else 0.5)
 
-    def new_record(self, rep: int, wl: Workload, subject: Subject) -> Dict[str, Any]:
+    def new_record(self, rep: int, wl: Workload, subject: Subject) -> dict[str, Any]:
         s = self.settings
         return {
             "type": "run", "stamp": s.stamp, "rep": rep, "workload": wl.name,
@@ -844,7 +913,7 @@ class Runner:
             "duration": s.duration, "warmup": s.warmup, "time": time.time(),
         }
 
-    def run_group(self, rep: int, subject: Subject, wls: List[Workload]) -> List[Dict[str, Any]]:
+    def run_group(self, rep: int, subject: Subject, wls: list[Workload]) -> list[dict[str, Any]]:
         """Start the subject once, run ``wls`` (same server mode) against it, stop it."""
         s = self.settings
         recs = [self.new_record(rep, wl, subject) for wl in wls]
@@ -862,7 +931,7 @@ class Runner:
         srv = SubjectProcess(subject, first, s, tag)
         try:
             with srv:
-                for wl, rec in zip(wls, recs):
+                for wl, rec in zip(wls, recs, strict=True):
                     rec["address"] = srv.address
                     if not srv.alive():
                         rec["status"], rec["note"] = "crashed", "server exited earlier"
@@ -877,7 +946,8 @@ class Runner:
                     rec["wall_s"] = round(time.monotonic() - t_run, 3)
                     if not srv.alive():
                         rec["status"] = "crashed"
-                        rec["note"] = (rec.get("note", "") + " server exited during the run").strip()
+                        rec["note"] = (rec.get("note", "")
+                                       + " server exited during the run").strip()
         except StartFailure as exc:
             tail = _stderr_tail(srv.stderr_text()) or str(exc)
             self.failed_start[key] = tail
@@ -912,9 +982,9 @@ def _stderr_tail(text: str, lines: int = 6) -> str:
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*)$", re.M)
 
 
-def _summarize_stderr(text: str) -> Dict[str, int]:
+def _summarize_stderr(text: str) -> dict[str, int]:
     """Count distinct exception lines ("ValueError: ...") in a subject's stderr."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for match in _EXC_LINE.finditer(text):
         line = re.sub(r"\d+", "N", match.group(1))[:160]
         counts[line] = counts.get(line, 0) + 1
@@ -932,21 +1002,21 @@ def _summarize_stderr(text: str) -> Dict[str, int]:
 class Cell:
     """Aggregated figures of one (workload, subject)."""
 
-    values: List[float]
-    cpu: List[float]
-    p50: List[float]
-    p99: List[float]
+    values: list[float]
+    cpu: list[float]
+    p50: list[float]
+    p99: list[float]
     errors: int
-    statuses: Dict[str, int]
-    notes: List[str]
+    statuses: dict[str, int]
+    notes: list[str]
 
     @property
-    def median(self) -> Optional[float]:
+    def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
 
 
-def aggregate(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Cell]:
-    cells: Dict[Tuple[str, str], Cell] = {}
+def aggregate(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
+    cells: dict[tuple[str, str], Cell] = {}
     for rec in records:
         if rec.get("type") != "run":
             continue
@@ -959,7 +1029,7 @@ def aggregate(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Cell]:
         cell.errors += int(rec.get("errors") or 0)
         if rec.get("note") and rec["note"] not in cell.notes:
             cell.notes.append(rec["note"])
-        if rec["status"] not in ("ok", "errors"):
+        if rec["status"] != "ok":  # medians over clean runs; the rest is flagged
             continue
         value = rec.get(wl.metric)
         if value is not None:
@@ -972,7 +1042,7 @@ def aggregate(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Cell]:
     return cells
 
 
-def _fmt(x: Optional[float], kib: bool = False) -> str:
+def _fmt(x: float | None, kib: bool = False) -> str:
     if x is None:
         return "-"
     if kib:
@@ -980,14 +1050,14 @@ def _fmt(x: Optional[float], kib: bool = False) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.1f}"
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "-"
     return f"{a / b:.2f}"
 
 
-def reference_median(cells: Dict[Tuple[str, str], Cell], wl: str, subject: str,
-                     label: str, candidates: Tuple[str, ...]) -> Tuple[Optional[str], Optional[float]]:
+def reference_median(cells: dict[tuple[str, str], Cell], wl: str, subject: str,
+                     label: str, candidates: tuple[str, ...]) -> tuple[str | None, float | None]:
     names = (STDLIB_SAME_MODE.get(subject),) if label == "stdlib" else candidates
     for name in names:
         if name and (wl, name) in cells and cells[(wl, name)].median is not None:
@@ -995,10 +1065,10 @@ def reference_median(cells: Dict[Tuple[str, str], Cell], wl: str, subject: str,
     return None, None
 
 
-def render_table(cells: Dict[Tuple[str, str], Cell], workloads: Sequence[Workload],
+def render_table(cells: dict[tuple[str, str], Cell], workloads: Sequence[Workload],
                  subjects: Sequence[Subject]) -> str:
     """The text report: one block per workload."""
-    out: List[str] = []
+    out: list[str] = []
     for wl in workloads:
         rows = [s for s in subjects if (wl.name, s.name) in cells]
         if not rows:
@@ -1055,7 +1125,7 @@ FAMILY_COLORS = {"ours": "#d62728", "stdlib": "#1f77b4", "asyncio": "#2ca02c",
                  "uvloop": "#9467bd", "floor": "#7f7f7f"}
 
 
-def render_svg(cells: Dict[Tuple[str, str], Cell], workloads: Sequence[Workload],
+def render_svg(cells: dict[tuple[str, str], Cell], workloads: Sequence[Workload],
                subjects: Sequence[Subject], metric: str, title: str) -> str:
     """A hand-written SVG: one horizontal bar panel per workload.
 
@@ -1063,7 +1133,7 @@ def render_svg(cells: Dict[Tuple[str, str], Cell], workloads: Sequence[Workload]
     (requests per server CPU-second).  Bars show the median, whiskers min-max.
     """
     width, label_w, bar_w, row_h, pad = 900, 150, 560, 18, 10
-    parts: List[str] = []
+    parts: list[str] = []
     y = 40
     for wl in workloads:
         if metric == "cpu" and wl.kind == "idle":
@@ -1113,10 +1183,10 @@ def render_svg(cells: Dict[Tuple[str, str], Cell], workloads: Sequence[Workload]
     return head + "".join(parts) + "".join(legend) + "</svg>\n"
 
 
-def render_problems(records: Sequence[Dict[str, Any]]) -> str:
+def render_problems(records: Sequence[dict[str, Any]]) -> str:
     """Non-ok runs and exceptions seen on subjects' stderr, grouped by subject."""
-    lines: List[str] = []
-    by_subject: Dict[str, Dict[str, int]] = {}
+    lines: list[str] = []
+    by_subject: dict[str, dict[str, int]] = {}
     for rec in records:
         if rec.get("type") != "run":
             continue
@@ -1144,7 +1214,7 @@ def render_problems(records: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def write_reports(records: List[Dict[str, Any]], meta: Dict[str, Any], out_dir: Path,
+def write_reports(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path,
                   stamp: str, workloads: Sequence[Workload], subjects: Sequence[Subject]) -> str:
     cells = aggregate(records)
     header = (f"Benchmark {stamp}: Python {meta.get('python_version')}, "
@@ -1167,7 +1237,7 @@ def write_reports(records: List[Dict[str, Any]], meta: Dict[str, Any], out_dir: 
 # --------------------------------------------------------------------------
 
 
-def _select(patterns: Optional[str], items: Sequence[Any], what: str) -> List[Any]:
+def _select(patterns: str | None, items: Sequence[Any], what: str) -> list[Any]:
     if not patterns:
         return list(items)
     chosen = []
@@ -1179,7 +1249,7 @@ def _select(patterns: Optional[str], items: Sequence[Any], what: str) -> List[An
     return [it for it in items if it in chosen]  # keep the canonical order
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark the socket servers.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("What it does:")[0].split("Usage", 1)[1])
@@ -1216,13 +1286,13 @@ def list_matrix() -> str:
 
 def report_only(path: Path, out_dir: Path) -> int:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    meta = next((r for r in records if r.get("type") == "meta"), {})
+    meta: dict[str, Any] = next((r for r in records if r.get("type") == "meta"), {})
     stamp = meta.get("stamp") or path.stem.replace("raw-", "")
     print(write_reports(records, meta, out_dir, stamp, WORKLOADS, SUBJECTS), end="")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         print(list_matrix())

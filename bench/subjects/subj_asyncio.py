@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from subj_common import (
     BACKLOG,
@@ -49,7 +49,7 @@ class EchoProtocol(asyncio.Protocol):
     """Line echo: split complete lines, answer them with one write."""
 
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,7 +68,7 @@ class HttpHelloProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive hello: one write per data_received (pipelining ok)."""
 
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,12 +99,12 @@ class UdpEchoProtocol(asyncio.DatagramProtocol):
     """Echo each datagram back to its sender."""
 
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.DatagramTransport] = None
+        self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: Tuple[Any, ...]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         assert self.transport is not None
         self.transport.sendto(data, addr)
 

@@ -16,8 +16,9 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Optional, Tuple, Union
+from typing import NoReturn
 
 #: Fixed HTTP/1.1 keep-alive reply used by every HTTP "hello" subject.
 HTTP_BODY = b"Hello, world!"
@@ -40,7 +41,7 @@ MAX_CHILDREN = 4096
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 
-SockAddr = Union[Tuple[str, int], str]
+SockAddr = tuple[str, int] | str
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Address:
     path: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "Address":
+    def parse(cls, text: str) -> Address:
         transport, _, rest = text.partition(":")
         if transport == "unix":
             if not rest:
@@ -109,7 +110,7 @@ def on_sigterm(stop: Callable[[], None]) -> None:
     """
     main_pid = os.getpid()
 
-    def handler(signum: int, frame: Optional[object]) -> None:
+    def handler(signum: int, frame: object | None) -> None:
         if os.getpid() != main_pid:
             os._exit(0)
         threading.Thread(target=stop, name="bench-stop", daemon=True).start()

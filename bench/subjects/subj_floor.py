@@ -11,7 +11,6 @@ from __future__ import annotations
 import selectors
 import signal
 import socket
-from typing import Dict, Optional
 
 from subj_common import (
     BACKLOG,
@@ -29,15 +28,15 @@ class Stop(Exception):
     """Raised from the SIGTERM handler to leave the select loop."""
 
 
-def _raise_stop(signum: int, frame: Optional[object]) -> None:
+def _raise_stop(signum: int, frame: object | None) -> None:
     raise Stop()
 
 
 def serve_stream(lsock: socket.socket, http: bool) -> None:
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ, None)
-    unsent: Dict[socket.socket, bytes] = {}
-    partial: Dict[socket.socket, bytes] = {}
+    unsent: dict[socket.socket, bytes] = {}
+    partial: dict[socket.socket, bytes] = {}
     tcp = lsock.family != socket.AF_UNIX
     READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 

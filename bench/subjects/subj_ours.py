@@ -40,7 +40,6 @@ sys.path.insert(0, REPO_ROOT)
 
 import handlers  # noqa: E402
 import servers  # noqa: E402
-
 from subj_http import HelloHTTPHandler  # noqa: E402
 
 

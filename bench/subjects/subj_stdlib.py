@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import socketserver
-from typing import Dict, Tuple, Type
 
 from subj_common import (
     BACKLOG,
@@ -40,7 +39,7 @@ class UdpEcho(socketserver.DatagramRequestHandler):
         self.wfile.write(self.rfile.read())
 
 
-_BASES: Dict[Tuple[str, str], Type[socketserver.BaseServer]] = {
+_BASES: dict[tuple[str, str], type[socketserver.BaseServer]] = {
     ("stdlib-classic", "tcp"): socketserver.TCPServer,
     ("stdlib-threading", "tcp"): socketserver.ThreadingTCPServer,
     ("stdlib-forking", "tcp"): socketserver.ForkingTCPServer,

@@ -16,8 +16,8 @@ import tempfile
 import threading
 import unittest
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))
@@ -27,7 +27,7 @@ import run as bench  # noqa: E402
 HAVE_CC = shutil.which(os.environ.get("CC", "cc")) is not None
 
 
-def loadgen(*args: str, timeout: float = 30) -> Dict:
+def loadgen(*args: str, timeout: float = 30) -> dict:
     """Run the load generator, return its JSON report."""
     res = subprocess.run([str(bench.LOADGEN_BIN), *args], capture_output=True, text=True,
                          timeout=timeout)
@@ -40,7 +40,7 @@ def loadgen(*args: str, timeout: float = 30) -> Dict:
 class ToyServer:
     """A threaded TCP/UDP server whose reply is ``transform(data)`` (None = no reply)."""
 
-    def __init__(self, transform: Callable[[bytes], Optional[bytes]], udp: bool = False) -> None:
+    def __init__(self, transform: Callable[[bytes], bytes | None], udp: bool = False) -> None:
         self.transform = transform
         self.udp = udp
         kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
@@ -51,8 +51,8 @@ class ToyServer:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.stopping = False
-        self.threads: List[threading.Thread] = []
-        self.conns: List[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
         main = self._udp_loop if udp else self._accept_loop
         self.threads.append(threading.Thread(target=main, daemon=True))
         self.threads[0].start()
@@ -61,7 +61,7 @@ class ToyServer:
         while not self.stopping:
             try:
                 data, peer = self.sock.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -73,7 +73,7 @@ class ToyServer:
         while not self.stopping:
             try:
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -87,7 +87,7 @@ class ToyServer:
         while not self.stopping:
             try:
                 data = conn.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -108,7 +108,7 @@ class ToyServer:
             c.close()
         self.sock.close()
 
-    def __enter__(self) -> "ToyServer":
+    def __enter__(self) -> ToyServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,7 +165,7 @@ class LoadgenTests(unittest.TestCase):
     def test_udp_losses_are_retried(self) -> None:
         counter = iter(range(10**9))
 
-        def drop_every_third(data: bytes) -> Optional[bytes]:
+        def drop_every_third(data: bytes) -> bytes | None:
             return None if next(counter) % 3 == 2 else data
 
         with ToyServer(drop_every_third, udp=True) as srv:
@@ -267,7 +267,7 @@ class HarnessTests(unittest.TestCase):
         self.assertGreater(bench.server_memory_kib(os.getpid()), 0)
         self.assertGreater(bench.accepted_connections(os.getpid()), 0)
 
-    def records(self) -> List[Dict]:
+    def records(self) -> list[dict]:
         recs = []
         for rep, (ours, ref) in enumerate([(100.0, 200.0), (120.0, 200.0), (110.0, 220.0)]):
             for name, rps in (("ours-async", ours), ("asyncio-streams", ref)):
