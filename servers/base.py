@@ -355,6 +355,7 @@ class BaseServer:
             return
         self._accept_count += 1
         self._episode_logged = False
+        self._prepare_request(request)
         try:
             if not self.verify_request(request, client_address):
                 self.shutdown_request(request)
@@ -497,6 +498,9 @@ class BaseServer:
     # --- socket-facing hooks the concrete servers provide
     def _prepare_listener(self) -> None:
         """Make the listening descriptor safe to poll (stream servers set O_NONBLOCK)."""
+
+    def _prepare_request(self, request: Any) -> None:
+        """Tune a freshly accepted request's socket (TCP servers set TCP_NODELAY)."""
 
     def _prepare_for_reactor(self, request: Any) -> None:
         """Make a request's socket non-blocking before its coroutine runs on the reactor."""

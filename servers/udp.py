@@ -54,6 +54,9 @@ class UDPServer(TCPServer):
             return 1
         return self.accept_batch
 
+    def _prepare_request(self, request: Any) -> None:
+        """Nothing to tune: the request holds the server's own socket."""
+
     def _prepare_for_reactor(self, request: Any) -> None:
         """The shared socket is never made non-blocking."""
 

@@ -261,6 +261,10 @@ def test_timeout_error_escaping_handle_reaches_handle_error() -> None:
     assert errors == [TimeoutError]
 
 
+class KernelDefaultNagle(servers.TCPServer):
+    tcp_nodelay = False  # the standard library's behaviour: the kernel's default
+
+
 @pytest.mark.parametrize("disable,expected", [(False, 0), (True, 1)])
 def test_disable_nagle_algorithm_sets_tcp_nodelay(disable: bool, expected: int) -> None:
     seen = []
@@ -272,8 +276,20 @@ def test_disable_nagle_algorithm_sets_tcp_nodelay(disable: bool, expected: int) 
             value = self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             seen.append(1 if value else 0)
 
-    serve_one(Handler)
+    serve_one(Handler, server_class=KernelDefaultNagle)
     assert seen == [expected]
+
+
+def test_tcp_servers_set_tcp_nodelay_on_accepted_connections_by_default() -> None:
+    seen = []
+
+    class Handler(servers.StreamRequestHandler):
+        def handle(self) -> None:
+            seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    assert servers.TCPServer.tcp_nodelay is True
+    serve_one(Handler)
+    assert seen and seen[0] != 0
 
 
 def test_stream_handler_works_on_a_socketpair_without_a_server() -> None:
