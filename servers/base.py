@@ -63,7 +63,7 @@ class BaseServer:
     max_connections: int | None = 4096
     shutdown_timeout: float = 30.0
     read_ahead: bytes | None = None
-    read_ahead_limit: int = 65536
+    read_ahead_limit: int = 8192  # each event re-peeks from the start: keep this small
     read_ahead_timeout: float = 30.0
     accept_backoff: float = 0.1
     accept_batch: int = 32
