@@ -119,6 +119,9 @@ class BaseServer:
             self.finish_request(request, client_address)
             self.shutdown_request(request)
             return
+        if self._handlers_are_classic():
+            self._process_inline(request, client_address)
+            return
         entry = self._open_entry(request, client_address)
         owned_by_task = False
         try:
@@ -136,6 +139,24 @@ class BaseServer:
             if not owned_by_task:
                 reactor.close_request(entry)
                 self._request_closed(entry)
+
+    def _handlers_are_classic(self) -> bool:
+        """True when every request is known to run a `def handle()` (no coroutine can come
+        out of `finish_request()`), so the deferral machinery can be skipped."""
+        return (getattr(self.RequestHandlerClass, "handle_is_async", None) is False
+                and type(self).finish_request is BaseServer.finish_request)
+
+    def _process_inline(self, request: Any, client_address: Any) -> None:
+        """Run a classic handler on the reactor's thread, its entry in the table meanwhile."""
+        entry = self._open_entry(request, client_address)
+        try:
+            entry.stage = Stage.RUNNING
+            self.finish_request(request, client_address)
+            entry.stage = Stage.CLOSING
+            self.shutdown_request(request)
+        finally:
+            self._reactor.close_request(entry)
+            self._request_closed(entry)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Construct the handler, which serves the request."""

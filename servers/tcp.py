@@ -92,9 +92,12 @@ class TCPServer(BaseServer):
         request.close()
 
     # -------------------------------------------------------------- reactor hooks
+    _listener_nonblocking = False
+
     def _prepare_listener(self) -> None:
         if self.socket.gettimeout() is None:
             os.set_blocking(self.socket.fileno(), False)
+            self._listener_nonblocking = True
 
     def _accept_budget(self) -> int:
         # An overridden get_request() is called only when the socket is readable, as the
@@ -104,8 +107,8 @@ class TCPServer(BaseServer):
         if type(self).get_request is not TCPServer.get_request or \
                 self.socket.gettimeout() not in (None, 0.0):
             return 1
-        fd = self.socket.fileno()
-        return self.accept_batch if fd >= 0 and not os.get_blocking(fd) else 1
+        # O_NONBLOCK was set by _prepare_listener (checked once there, not per event)
+        return self.accept_batch if self._listener_nonblocking else 1
 
     def _prepare_request(self, request: Any) -> None:
         if self.tcp_nodelay and self.address_family in _TCP_FAMILIES and \
@@ -122,6 +125,10 @@ class TCPServer(BaseServer):
         fileno = getattr(request, "fileno", None)
         return fileno() if callable(fileno) else -1
 
+    # Seconds between looks at a read-ahead connection holding part of a request, where the
+    # socket has no receive low-water mark to wake us when more arrives (Unix sockets).
+    read_ahead_recheck: float = 0.05
+
     def _can_read_ahead(self, request: Any) -> bool:
         return isinstance(request, socket.socket) and not getattr(
             self.RequestHandlerClass, "handle_is_async", False)
@@ -133,7 +140,7 @@ class TCPServer(BaseServer):
                                          entry)
         self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
 
-    def _read_ahead_ready(self, entry: Any, timer: Any) -> None:
+    def _read_ahead_ready(self, entry: Any, timer: Any, low_water: int = 0) -> None:
         limit = self.read_ahead_limit
         try:
             peeked = entry.request.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -141,13 +148,43 @@ class TCPServer(BaseServer):
             return
         except OSError:
             peeked = b""  # the handler will meet the error itself
-        if peeked and len(peeked) < limit and self.read_ahead not in peeked:
+        if peeked and len(peeked) < limit and self.read_ahead not in peeked and \
+                not 0 < len(peeked) < low_water:  # woken with nothing new: EOF or an error
+            self._read_ahead_wait_for_more(entry, timer, len(peeked))
             return
         timer.cancel()
         self._reactor.forget(entry.fd)
+        if low_water:
+            try:
+                entry.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass  # the handler will meet the error itself
         self._reactor.close_request(entry)
         self._request_closed(entry)
         self._process_guarded(entry.request, entry.client_address)
+
+    def _read_ahead_wait_for_more(self, entry: Any, timer: Any, buffered: int) -> None:
+        """The peeked bytes stay in the socket, which therefore stays readable: wake again
+        only once more arrive, so that a client that dribbles cannot spin the loop. TCP has a
+        receive low-water mark for that; elsewhere (Unix sockets) look again a little later."""
+        request = entry.request
+        if request.family in (socket.AF_INET, socket.AF_INET6) and \
+                hasattr(socket, "SO_RCVLOWAT"):
+            try:
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, buffered + 1)
+            except OSError:
+                pass
+            else:
+                self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer,
+                                         buffered + 1)
+                return
+        self._reactor.remove_reader(entry.fd)
+        self._reactor.call_later(self.read_ahead_recheck, self._read_ahead_recheck, entry,
+                                 timer)
+
+    def _read_ahead_recheck(self, entry: Any, timer: Any) -> None:
+        if entry.stage is Stage.READING_AHEAD and self._reactor is not None:
+            self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
 
     def _read_ahead_expired(self, entry: Any) -> None:
         logger.info("%s: no complete request from %s within read_ahead_timeout=%ss; closing",
