@@ -1,6 +1,6 @@
 """Tests of the benchmark harness itself (no performance assertions).
 
-Run with ``python -m pytest bench/tests`` or ``python -m unittest discover bench/tests``.
+Run with ``python -m pytest bench/tests`` or ``python -m unittest discover -s bench/tests``.
 Timeouts below only guard against hangs; no figure is compared to a threshold.
 """
 
