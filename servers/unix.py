@@ -28,6 +28,9 @@ def bind_unix(sock: socket.socket, path: Any, remove_stale: bool) -> int | None:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or not _is_filesystem_path(path):
             raise
+        if not _is_socket_file(path):
+            raise OSError(errno.EADDRINUSE, f"{path!s} exists and is not a socket; move it "
+                          "away or choose another path") from exc
         if not _is_stale(path, sock.type):
             raise OSError(errno.EADDRINUSE, f"{path!s} is in use by a running server; stop it "
                           "or choose another path") from exc
@@ -57,6 +60,13 @@ def _is_filesystem_path(path: Any) -> bool:
         return bool(path) and path[:1] != b"\0"
     return isinstance(path, (str, os.PathLike)) and bool(os.fspath(path)) and \
         not os.fspath(path).startswith("\0")
+
+
+def _is_socket_file(path: Any) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return True  # vanished meanwhile: let the stale/live probe decide
 
 
 def _is_stale(path: Any, kind: int) -> bool:
