@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import reactor
+from reactor.testing import FakeClock
 
 SELECTOR_CLASSES = [
     getattr(selectors, name) for name in
@@ -64,6 +65,35 @@ def loop(request: pytest.FixtureRequest) -> Iterator[reactor.Reactor]:
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says so."""
+    return FakeClock()
+
+
+@pytest.fixture(params=SELECTOR_CLASSES, ids=lambda cls: cls.__name__)
+def fake_loop(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[reactor.Reactor]:
+    """A reactor over each selector class whose time moves only by `clock.advance()`."""
+    r = reactor.Reactor(request.param(), clock=clock)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected pair of non-blocking sockets, closed after the test."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.fixture
