@@ -47,7 +47,9 @@ class AsyncReader:
                  stats: Any = None) -> None:
         self._sock = sock
         self._buffer = ReceiveBuffer(max_line_length, max_buffer_size)
-        self._nonblocking = sock.gettimeout() == 0.0 and clock is not None
+        # A non-blocking socket suspends through traps (a reactor or run_blocking serves
+        # them); a blocking one blocks in recv() under the socket's timeout.
+        self._nonblocking = sock.gettimeout() == 0.0
         if not self._nonblocking:
             timeout = _smallest(timeout, sock.gettimeout())  # the socket's own timeout holds
         # Waiting with nothing buffered (between requests) is bounded by the idle timeout;
