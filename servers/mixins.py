@@ -140,13 +140,18 @@ class ForkingMixIn:
         """Reap finished children (only ours); with `blocking`, wait for all of them.
 
         Off a reactor, at `max_children` this waits for a child to end, as the standard
-        library does; on a reactor it never blocks (accepting is paused instead)."""
+        library does; on a reactor it never blocks (accepting is paused instead). Children
+        watched through a pidfd are reaped the moment they exit, so the non-blocking call
+        polls only the others (the standard library polls every child on every turn)."""
         if self.active_children is None:
             return
         while (len(self.active_children) >= self.max_children and not blocking
                and self._reactor is None):  # type: ignore[attr-defined]
             self._wait_child(next(iter(self.active_children)), 0)
+        watched = self._children or {}
         for pid in list(self.active_children):
+            if not blocking and watched.get(pid, (None, -1))[1] >= 0:
+                continue  # its pidfd wakes the reactor when it exits: no polling needed
             self._wait_child(pid, 0 if blocking else os.WNOHANG)
 
     def handle_timeout(self) -> None:
