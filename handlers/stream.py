@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from .base import BaseRequestHandler
-from .io import AsyncReader, AsyncWriter, _smallest
+from .io import NO_SIGNAL, AsyncReader, AsyncWriter, _smallest
 
 __all__ = ["StreamRequestHandler", "SocketWriter"]
 
@@ -31,7 +31,7 @@ class SocketWriter(io.BufferedIOBase):
         return True
 
     def write(self, b: Any) -> int:
-        self._sock.sendall(b)
+        self._sock.sendall(b, NO_SIGNAL)
         with memoryview(b) as view:
             return view.nbytes
 
