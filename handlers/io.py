@@ -99,7 +99,10 @@ class AsyncReader:
                 return buffer.take(-1)
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            await self._before_receive(deadline)
+            if not self._nonblocking:
+                self._bound_blocking_recv(deadline)
+            elif not self._try_first:
+                await reactor.wait(self._input_trap(deadline))
             self._receive()
 
     async def read(self, size: int = -1) -> bytes:
@@ -110,14 +113,20 @@ class AsyncReader:
         while not self._eof and (size < 0 or len(buffer) < size):
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            await self._before_receive(deadline)
+            if not self._nonblocking:
+                self._bound_blocking_recv(deadline)
+            elif not self._try_first:
+                await reactor.wait(self._input_trap(deadline))
             self._receive()
         return buffer.take(size)
 
     async def read1(self, size: int = -1) -> bytes:
         """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
         while not len(self._buffer) and not self._eof:
-            await self._before_receive(None)
+            if not self._nonblocking:
+                self._bound_blocking_recv(None)
+            elif not self._try_first:
+                await reactor.wait(self._trap)
             self._receive()
         return self._buffer.take(size)
 
@@ -135,18 +144,16 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
-    async def _before_receive(self, deadline: float | None) -> None:
-        """Bound the coming `recv()`: on a reactor, wait for input (idle timeout before a
-        request begins, the request deadline after); on a blocking socket, set its timeout
-        to the same bound."""
-        if self._nonblocking:
-            if not self._try_first:
-                if deadline is None:
-                    await reactor.wait(self._trap)
-                else:
-                    await reactor.wait(reactor.WaitReadable(self._trap.fd,
-                                                            self._wait_bound(deadline)))
-            return
+    def _input_trap(self, deadline: float | None) -> reactor.WaitReadable:
+        """What to wait on for more input: the idle wait before a request begins, a wait
+        bounded by the request deadline after. (A plain method, not a coroutine: a
+        connection parked in readline() keeps no extra frame alive.)"""
+        if deadline is None:
+            return self._trap
+        return reactor.WaitReadable(self._trap.fd, self._wait_bound(deadline))
+
+    def _bound_blocking_recv(self, deadline: float | None) -> None:
+        """Blocking sockets: give the coming recv() the same bound a reactor wait would get."""
         bound = self._trap.timeout if deadline is None else self._wait_bound(deadline)
         if self._sock.gettimeout() != bound:
             self._sock.settimeout(bound)

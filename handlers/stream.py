@@ -90,7 +90,7 @@ class StreamRequestHandler(BaseRequestHandler):
             loop = self.reactor if on_reactor else None
             self.rfile = AsyncReader(
                 connection, timeout=self.timeout, idle_timeout=self.idle_timeout,
-                request_timeout=self.request_timeout, clock=loop and loop.time,
+                request_timeout=self.request_timeout, clock=loop and loop.timefunc,
                 max_line_length=self.max_line_length, max_buffer_size=self.max_buffer_size,
                 stats=stats)
             self.wfile = AsyncWriter(

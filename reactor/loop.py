@@ -119,6 +119,12 @@ class Reactor:
         """The reactor clock's current time (seconds)."""
         return self._now()
 
+    @property
+    def timefunc(self) -> Callable[[], float]:
+        """The function `time()` calls: hand it to code that needs the reactor's clock
+        (one shared object, unlike a fresh bound method per use)."""
+        return self._now
+
     def is_serving_thread(self) -> bool:
         """True when called on the thread that is running this reactor's loop right now."""
         return self._loop_thread is not None and self._loop_thread == threading.get_ident()

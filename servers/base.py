@@ -35,6 +35,12 @@ logger = logging.getLogger("servers")
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+def _async_request_done(task: Any) -> None:
+    """Completion callback of every async request (a plain function: no bound method is kept
+    per connection)."""
+    task.entry.server._task_done(task)
+
+
 class BaseServer:
     """Same contract as `socketserver.BaseServer`, running on a reactor.
 
@@ -130,7 +136,7 @@ class BaseServer:
                 self.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
-                reactor.spawn(deferred.coroutine, entry, self._task_done)
+                reactor.spawn(deferred.coroutine, entry, _async_request_done)
                 owned_by_task = True  # the task closes the request and its entry
             else:
                 entry.move_to(Stage.CLOSING)
