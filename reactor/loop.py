@@ -628,6 +628,8 @@ class Reactor:
                 task.on_done(task)
             except Exception:
                 logger.exception("the completion callback of %r raised", task)
+        if task.entry is not None:
+            task.entry.task = None  # no entry <-> task cycle left for the garbage collector
 
     def _check_open(self) -> None:
         if self._closed:

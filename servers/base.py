@@ -481,25 +481,35 @@ class BaseServer:
         request, client_address = entry.request, entry.client_address
         try:
             error = task.error
-            if error is None or not isinstance(error, Exception):
-                pass  # finished, cancelled, or KeyboardInterrupt/SystemExit (re-raised later)
-            elif isinstance(error, handlers.LimitExceeded):
-                logger.warning("%s: closing connection from %s: %s", self._name(),
-                               client_address, error)
-            elif isinstance(error, (ConnectionError, TimeoutError)):
-                logger.info("%s: connection from %s ended: %s", self._name(), client_address,
-                            error)
-            else:
+            if isinstance(error, Exception):  # not finished, cancelled, or KeyboardInterrupt
                 try:
-                    raise error  # handle_error() reads the exception being handled
+                    raise error  # the reporting below reads the exception being handled
                 except Exception:
-                    self.handle_error(request, client_address)
+                    self._report_failure(request, client_address, handler_is_async=True)
         finally:
             task.error = None if isinstance(task.error, Exception) else task.error
             try:
                 self._end_request(request)
             finally:
                 self._request_closed(entry)
+
+    def _report_failure(self, request: Any, client_address: Any,
+                        handler_is_async: bool | None = None) -> None:
+        """Report the exception being handled (call inside `except Exception`), in every mode
+        alike: a client over a bound (`handlers.LimitExceeded`) is one WARNING; for async
+        handlers a timeout or a connection error (reset, broken pipe) is one INFO line; any
+        other exception goes to `handle_error()`, as the standard library does."""
+        error = sys.exc_info()[1]
+        if handler_is_async is None:
+            handler_is_async = bool(getattr(self.RequestHandlerClass, "handle_is_async", False))
+        if isinstance(error, handlers.LimitExceeded):
+            logger.warning("%s: closing connection from %s: %s", self._name(), client_address,
+                           error)
+        elif handler_is_async and isinstance(error, (ConnectionError, TimeoutError)):
+            logger.info("%s: connection from %s ended: %s", self._name(), client_address,
+                        error)
+        else:
+            self.handle_error(request, client_address)
 
     def _end_request(self, request: Any) -> None:
         fd = self._request_fd(request)

@@ -45,14 +45,12 @@ class ThreadingMixIn:
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run one request in the current thread: `finish_request()`, `handle_error()` for an
-        Exception (a client over a bound, `handlers.LimitExceeded`, is one warning instead, as
-        on the reactor), and `shutdown_request()` always."""
+        Exception (client faults of async handlers are logged instead, as on the reactor:
+        see `BaseServer._report_failure`), and `shutdown_request()` always."""
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except handlers.LimitExceeded as exc:
-            _log_limit_exceeded(self, client_address, exc)
         except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            self._report_failure(request, client_address)  # type: ignore[attr-defined]
         finally:
             self.shutdown_request(request)  # type: ignore[attr-defined]
 
@@ -174,10 +172,8 @@ class ForkingMixIn:
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
             status = 0
-        except handlers.LimitExceeded as exc:
-            _log_limit_exceeded(self, client_address, exc)
         except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            self._report_failure(request, client_address)  # type: ignore[attr-defined]
         finally:
             try:
                 self.shutdown_request(request)  # type: ignore[attr-defined]
@@ -238,9 +234,3 @@ class ForkingMixIn:
         return super()._below_limits() and (  # type: ignore[misc]
             len(self.active_children or ()) < self.max_children)
 
-
-def _log_limit_exceeded(server: Any, client_address: Any, exc: Exception) -> None:
-    """A client broke a bound of an async handler run in a thread or a child: one warning,
-    as `BaseServer` logs it for requests on the reactor (it is the client's fault, not a
-    server error for `handle_error()`)."""
-    logger.warning("%s: closing connection from %s: %s", server._name(), client_address, exc)
