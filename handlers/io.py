@@ -102,7 +102,10 @@ class AsyncReader:
             if not self._nonblocking:
                 self._bound_blocking_recv(deadline)
             elif not self._try_first:
-                await reactor.wait(self._input_trap(deadline))
+                if deadline is None:
+                    await reactor.wait(self._trap)
+                else:
+                    await self._wait_rest_of_request(deadline)
             self._receive()
 
     async def read(self, size: int = -1) -> bytes:
@@ -116,7 +119,10 @@ class AsyncReader:
             if not self._nonblocking:
                 self._bound_blocking_recv(deadline)
             elif not self._try_first:
-                await reactor.wait(self._input_trap(deadline))
+                if deadline is None:
+                    await reactor.wait(self._trap)
+                else:
+                    await self._wait_rest_of_request(deadline)
             self._receive()
         return buffer.take(size)
 
@@ -144,13 +150,17 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
-    def _input_trap(self, deadline: float | None) -> reactor.WaitReadable:
-        """What to wait on for more input: the idle wait before a request begins, a wait
-        bounded by the request deadline after. (A plain method, not a coroutine: a
-        connection parked in readline() keeps no extra frame alive.)"""
-        if deadline is None:
-            return self._trap
-        return reactor.WaitReadable(self._trap.fd, self._wait_bound(deadline))
+    async def _wait_rest_of_request(self, deadline: float) -> None:
+        """Wait for more of a request already begun, within its deadline. (Between requests
+        the read methods await the idle trap directly, so an idle connection keeps no extra
+        frame alive.)"""
+        try:
+            await reactor.wait(reactor.WaitReadable(self._trap.fd, self._wait_bound(deadline)))
+        except TimeoutError:
+            if self._clock() < deadline:
+                raise  # the handler's own per-wait `timeout` passed first
+            raise TimeoutError(f"the client did not complete its request within "
+                               f"request_timeout={self._request_timeout} s") from None
 
     def _bound_blocking_recv(self, deadline: float | None) -> None:
         """Blocking sockets: give the coming recv() the same bound a reactor wait would get."""
