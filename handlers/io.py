@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import socket
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import reactor
 
@@ -99,13 +99,9 @@ class AsyncReader:
                 return buffer.take(-1)
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            if not self._nonblocking:
-                self._bound_blocking_recv(deadline)
-            elif not self._try_first:
-                if deadline is None:
-                    await reactor.wait(self._trap)
-                else:
-                    await self._wait_rest_of_request(deadline)
+            waiting = self._wait_for_input(deadline)
+            if waiting is not None:
+                await waiting
             self._receive()
 
     async def read(self, size: int = -1) -> bytes:
@@ -116,23 +112,18 @@ class AsyncReader:
         while not self._eof and (size < 0 or len(buffer) < size):
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            if not self._nonblocking:
-                self._bound_blocking_recv(deadline)
-            elif not self._try_first:
-                if deadline is None:
-                    await reactor.wait(self._trap)
-                else:
-                    await self._wait_rest_of_request(deadline)
+            waiting = self._wait_for_input(deadline)
+            if waiting is not None:
+                await waiting
             self._receive()
         return buffer.take(size)
 
     async def read1(self, size: int = -1) -> bytes:
         """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
         while not len(self._buffer) and not self._eof:
-            if not self._nonblocking:
-                self._bound_blocking_recv(None)
-            elif not self._try_first:
-                await reactor.wait(self._trap)
+            waiting = self._wait_for_input(None)
+            if waiting is not None:
+                await waiting
             self._receive()
         return self._buffer.take(size)
 
@@ -150,6 +141,22 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
+    def _wait_for_input(self, deadline: float | None) -> Awaitable[None] | None:
+        """Prepare the next `recv()`: on a reactor socket, what to await first (nothing when
+        input is likely there already; the idle trap before a request begins; a wait bounded
+        by the request deadline after); on a blocking socket, give recv() the same bound.
+        A plain method, so that a connection parked in readline() keeps no extra frame."""
+        if not self._nonblocking:
+            bound = self._trap.timeout if deadline is None else self._wait_bound(deadline)
+            if self._sock.gettimeout() != bound:
+                self._sock.settimeout(bound)
+            return None
+        if self._try_first:
+            return None
+        if deadline is None:
+            return reactor.wait(self._trap)
+        return self._wait_rest_of_request(deadline)
+
     async def _wait_rest_of_request(self, deadline: float) -> None:
         """Wait for more of a request already begun, within its deadline. (Between requests
         the read methods await the idle trap directly, so an idle connection keeps no extra
@@ -161,12 +168,6 @@ class AsyncReader:
                 raise  # the handler's own per-wait `timeout` passed first
             raise TimeoutError(f"the client did not complete its request within "
                                f"request_timeout={self._request_timeout} s") from None
-
-    def _bound_blocking_recv(self, deadline: float | None) -> None:
-        """Blocking sockets: give the coming recv() the same bound a reactor wait would get."""
-        bound = self._trap.timeout if deadline is None else self._wait_bound(deadline)
-        if self._sock.gettimeout() != bound:
-            self._sock.settimeout(bound)
 
     def _request_deadline(self) -> float:
         timeout = self._request_timeout
