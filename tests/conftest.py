@@ -148,3 +148,11 @@ def recv_line(sock: socket.socket) -> bytes:
             break
         data += chunk
     return bytes(data)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Read until the peer closes its side."""
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)

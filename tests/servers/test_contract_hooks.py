@@ -16,34 +16,10 @@ from typing import Any
 import pytest
 
 import servers
+from conftest import connect, recv_all, recv_line
 
 HOST = "127.0.0.1"
 HAS_FORK = hasattr(os, "fork")
-
-
-def connect(address: Any) -> socket.socket:
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(address)
-    return sock
-
-
-def recv_line(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(4096):
-        data += chunk
-    return bytes(data)
 
 
 class Recorder:

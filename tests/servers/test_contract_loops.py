@@ -11,25 +11,9 @@ from typing import Any
 import pytest
 
 import servers
+from conftest import connect, recv_line
 
 HOST = "127.0.0.1"
-
-
-def connect(address: Any) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(address)
-    return sock
-
-
-def recv_line(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 class Echo(servers.StreamRequestHandler):

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import servers
+from conftest import recv_line
 
 HAS_FORK = hasattr(os, "fork")
 HAS_UNIX = hasattr(socket, "AF_UNIX")
@@ -30,16 +31,6 @@ threads = [pytest.mark.threads]
 
 
 # ---------------------------------------------------------------------------------- helpers
-def recv_line(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def where() -> bytes:
     """Identify the process and thread running a handler."""
     return b"%d %d " % (os.getpid(), threading.get_ident())

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import servers
+from conftest import recv_line
 
 HOST = "127.0.0.1"
 HAS_UNIX = hasattr(socket, "AF_UNIX")
@@ -29,16 +30,6 @@ def has_ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="needs an IPv6 loopback")
-
-
-def recv_line(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 class Echo(servers.StreamRequestHandler):
