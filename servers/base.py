@@ -20,7 +20,7 @@ import logging
 import sys
 import threading
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 import handlers
 import reactor as reactor_pkg
@@ -33,6 +33,9 @@ logger = logging.getLogger("servers")
 # Accept errors that mean "out of a resource": back off instead of retrying at once (which
 # would spin the loop at 100% CPU while the listening socket stays readable).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+_FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
 
 
 def _async_request_done(task: Any) -> None:
@@ -86,6 +89,7 @@ class BaseServer:
     _failed_accepts = 0  # get_request() errors other than "would block"
     _single_request = False
     _drain_state: str | None = None
+    _episode_logged = False  # an accept-error episode has been logged
     _drain_timer: Any = None
     _backoff_timer: Any = None
 
@@ -383,35 +387,30 @@ class BaseServer:
         self._accept_count += 1
         self._episode_logged = False
         self._prepare_request(request)
-        try:
-            if not self.verify_request(request, client_address):
-                self.shutdown_request(request)
-                return
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
+        verdict = self._guarded(self.verify_request, request, client_address)
+        if verdict is _FAILED:
             return
-        except BaseException:
+        if not verdict:
             self.shutdown_request(request)
-            raise
-        if self.read_ahead is not None and self._can_read_ahead(request):
+        elif self.read_ahead is not None and self._can_read_ahead(request):
             self._start_read_ahead(request, client_address)
         else:
-            self._process_guarded(request, client_address)
+            self._guarded(self.process_request, request, client_address)
 
-    def _process_guarded(self, request: Any, client_address: Any) -> None:
-        """`process_request()` with the standard library's error handling: an Exception goes
-        to `handle_error()`, anything else propagates; the request is shut down either way."""
+    def _guarded(self, hook: Callable[[Any, Any], Any], request: Any,
+                 client_address: Any) -> Any:
+        """Call `hook(request, client_address)` (verify_request, process_request) with the
+        standard library's error handling: an Exception goes to `handle_error()` and the
+        request is shut down (returns `_FAILED`); anything else shuts it down and propagates."""
         try:
-            self.process_request(request, client_address)
+            return hook(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
             self.shutdown_request(request)
+            return _FAILED
         except BaseException:
             self.shutdown_request(request)
             raise
-
-    _episode_logged = False
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno not in _RESOURCE_ERRNOS or self._reactor is None:

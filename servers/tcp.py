@@ -161,7 +161,7 @@ class TCPServer(BaseServer):
                 pass  # the handler will meet the error itself
         self._reactor.close_request(entry)
         self._request_closed(entry)
-        self._process_guarded(entry.request, entry.client_address)
+        self._guarded(self.process_request, entry.request, entry.client_address)
 
     def _read_ahead_wait_for_more(self, entry: Any, timer: Any, buffered: int) -> None:
         """The peeked bytes stay in the socket, which therefore stays readable: wake again
