@@ -31,15 +31,17 @@ class DeferredStart:
     Attributes:
         reactor: the reactor the coroutine will run on (given by the server).
         entry: the request-table row of the request, if any.
+        transport: the byte transport the server chose for the request, if any.
         handler: the handler instance that deferred itself, or None.
         coroutine: its lifecycle coroutine, for the server to run, or None.
     """
 
-    __slots__ = ("reactor", "entry", "handler", "coroutine")
+    __slots__ = ("reactor", "entry", "transport", "handler", "coroutine")
 
-    def __init__(self, reactor: Any, entry: Any = None) -> None:
+    def __init__(self, reactor: Any, entry: Any = None, transport: Any = None) -> None:
         self.reactor = reactor
         self.entry = entry
+        self.transport = transport
         self.handler: BaseRequestHandler | None = None
         self.coroutine: Coroutine[Any, Any, None] | None = None
 
@@ -49,10 +51,12 @@ _deferral: contextvars.ContextVar[DeferredStart | None] = contextvars.ContextVar
 
 
 @contextlib.contextmanager
-def deferred_start(reactor: Any, entry: Any = None) -> Iterator[DeferredStart]:
+def deferred_start(reactor: Any, entry: Any = None,
+                   transport: Any = None) -> Iterator[DeferredStart]:
     """Make async handlers constructed inside the block hand their coroutine to the caller
-    instead of running it (servers use this around `finish_request()`)."""
-    slot = DeferredStart(reactor, entry)
+    instead of running it (servers use this around `finish_request()`); `transport` is the
+    `handlers.transport.Transport` the server chose for the request."""
+    slot = DeferredStart(reactor, entry, transport)
     token = _deferral.set(slot)
     try:
         yield slot
@@ -74,6 +78,7 @@ class BaseRequestHandler:
     handle_is_async: bool = False
     reactor: Any = None
     _request_entry: Any = None
+    _transport: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,6 +94,7 @@ class BaseRequestHandler:
             if slot is not None and slot.coroutine is None:
                 self.reactor = slot.reactor
                 self._request_entry = slot.entry
+                self._transport = slot.transport
                 slot.handler = self
                 slot.coroutine = coroutine
             else:

@@ -26,9 +26,10 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data)
 
-    def feed(self, data: bytes) -> None:
-        """Append received bytes."""
-        if len(self._data) + len(data) > self.max_size:
+    def feed(self, data: bytes, allowed: int = 0) -> None:
+        """Append received bytes; the buffer may grow to `max_size`, or to `allowed` when that
+        is larger (a read that asked for that many bytes)."""
+        if len(self._data) + len(data) > max(self.max_size, allowed):
             raise BufferLimitExceeded(
                 f"more than max_buffer_size={self.max_size} bytes buffered from the client; "
                 "read more often or raise the handler's max_buffer_size")

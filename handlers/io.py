@@ -1,11 +1,16 @@
 """AsyncReader / AsyncWriter: awaitable `rfile` / `wfile` for `async def` handlers.
 
-They run in two worlds and choose by the socket they are given:
-- a non-blocking socket (the reactor's own requests): reads and writes that would block
-  suspend the request through `reactor` traps; output that cannot leave at once is queued and
-  sent by the reactor as the socket allows;
-- a blocking socket (threads, forked children, `run_blocking`): plain blocking calls, the
-  socket's own timeout giving `TimeoutError`. No trap is ever yielded for I/O there.
+They sit on a byte transport (`handlers.transport`) that the server chose when the request
+started, and never ask the socket which world they are in:
+- a non-blocking transport (the reactor's own requests, plain or TLS): reads and writes that
+  would block suspend the request through `reactor` traps; output that cannot leave at once is
+  queued and sent by the reactor as the socket allows;
+- a blocking transport (threads, forked children, `run_blocking`): plain blocking calls, each
+  bounded by what is left of the read's time. No trap is ever yielded for I/O there.
+
+Timeouts: `timeout` bounds each read call as the handler sees it (the whole `readline()`, the
+whole `read(n)`), however the bytes trickle in; `idle_timeout` bounds a wait with no request
+begun; `request_timeout` bounds the rest of a request once its first byte is in.
 
 Why reads wait before they try: after a short `recv()` the kernel buffer is almost always
 empty, so trying again would cost a failed system call and an exception per request. We wait
@@ -15,52 +20,67 @@ for readability first then, and try first only after a `recv()` filled its whole
 from __future__ import annotations
 
 import collections
-import socket
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, cast
 
 import reactor
 
 from .buffers import ReceiveBuffer
 from .errors import BufferLimitExceeded
+from .transport import NO_SIGNAL, BlockingTransport, Transport, choose_transport
 
-__all__ = ["AsyncReader", "AsyncWriter"]
+__all__ = ["AsyncReader", "AsyncWriter", "ByteCounter", "NO_SIGNAL"]
 
 RECV_SIZE = 65536
 
-# A send to a peer that has gone raises BrokenPipeError instead of raising SIGPIPE, even in a
-# program that restored SIGPIPE's default action (which would kill the process).
-NO_SIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
+
+class ByteCounter(Protocol):
+    """Where a stream reports the bytes it moved (a request-table entry is one)."""
+
+    def count_in(self, size: int) -> None: ...
+
+    def count_out(self, size: int) -> None: ...
 
 
 class AsyncReader:
     """The `rfile` of an async handler. Its methods are awaited; EOF gives b"" as a file does.
 
+    Args:
+        transport: the connection's `handlers.transport.Transport` (a socket is accepted too:
+            its transport is then chosen from its blocking mode).
+
     Raises (from the read methods):
-        TimeoutError: the peer sent nothing within the handler's `timeout`.
+        TimeoutError: the read did not complete within the handler's `timeout`, the client
+            sent nothing for `idle_timeout`, or did not complete a request begun within
+            `request_timeout`.
         LineTooLong / BufferLimitExceeded: the peer exceeded `max_line_length` /
             `max_buffer_size`.
     """
 
-    __slots__ = ("_sock", "_buffer", "_trap", "_nonblocking", "_eof", "_try_first", "_stats",
-                 "_timeout", "_request_timeout", "_clock", "closed")
+    _transport: Transport
 
-    def __init__(self, sock: Any, *, timeout: float | None = None,
+    __slots__ = ("_transport", "_buffer", "_trap", "_nonblocking", "_eof", "_try_first",
+                 "_stats", "_timeout", "_idle_timeout", "_request_timeout", "_clock", "closed")
+
+    def __init__(self, transport: Any, *, timeout: float | None = None,
                  idle_timeout: float | None = None, request_timeout: float | None = None,
                  clock: Callable[[], float] | None = None,
                  max_line_length: int = 65536, max_buffer_size: int = 262144,
-                 stats: Any = None) -> None:
-        self._sock = sock
+                 stats: ByteCounter | None = None) -> None:
+        if not isinstance(transport, Transport):
+            transport = choose_transport(transport)
+        self._transport = transport
         self._buffer = ReceiveBuffer(max_line_length, max_buffer_size)
-        # A non-blocking socket suspends through traps (a reactor or run_blocking serves
-        # them); a blocking one blocks in recv() under the socket's timeout.
-        self._nonblocking = sock.gettimeout() == 0.0
-        if not self._nonblocking:
-            timeout = _smallest(timeout, sock.gettimeout())  # the socket's own timeout holds
+        # A non-blocking transport suspends through traps (a reactor or run_blocking serves
+        # them); a blocking one blocks in recv() under the bound of each read.
+        self._nonblocking = not transport.blocking
+        if transport.blocking:
+            timeout = _smallest(timeout, transport.timeout)  # the socket's own timeout holds
         # Waiting with nothing buffered (between requests) is bounded by the idle timeout;
         # waiting for the rest of a request already begun, by the request deadline.
-        self._trap = reactor.WaitReadable(sock.fileno(), _smallest(timeout, idle_timeout))
+        self._trap = reactor.WaitReadable(transport.fd, _smallest(timeout, idle_timeout))
         self._timeout = timeout
+        self._idle_timeout = idle_timeout
         self._request_timeout = request_timeout
         self._clock = clock if clock is not None else time.monotonic
         self._eof = False
@@ -68,8 +88,13 @@ class AsyncReader:
         self._stats = stats
         self.closed = False
 
+    @property
+    def transport(self) -> Transport:
+        """The byte transport this reader reads from."""
+        return self._transport
+
     def fileno(self) -> int:
-        return int(self._sock.fileno())
+        return self._transport.fd
 
     def at_eof(self) -> bool:
         """True once the peer has closed its side and every byte has been read."""
@@ -79,12 +104,13 @@ class AsyncReader:
         """One line including its b"\\n"; at most `limit` bytes when `limit` >= 0; the rest of
         the stream (maybe b"") at EOF."""
         buffer = self._buffer
+        started = None if self._timeout is None else self._clock()
         if not len(buffer) and limit < 0 and self._nonblocking and not self._eof:
             # Fast path (measured: bench echo-c100): nothing buffered, and the client's next
             # segment is usually exactly one line, which we hand over without copying.
             if not self._try_first:
                 await reactor.wait(self._trap)
-            data = self._recv_direct()
+            data = self._recv_direct(RECV_SIZE)
             if data is not None:
                 end = data.find(b"\n")
                 if end == len(data) - 1 and end < buffer.max_line_length:
@@ -99,32 +125,38 @@ class AsyncReader:
                 return buffer.take(-1)
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            waiting = self._wait_for_input(deadline)
+            waiting = self._wait_for_input(deadline, started)
             if waiting is not None:
                 await waiting
-            self._receive()
+            self._receive(RECV_SIZE)
 
     async def read(self, size: int = -1) -> bytes:
         """`size` bytes, fewer only at EOF; with `size` < 0, everything until EOF (bounded by
-        `max_buffer_size`)."""
+        `max_buffer_size`). A `size` above `max_buffer_size` is delivered whole: the bound
+        is for bytes nobody asked for."""
         buffer = self._buffer
+        started = None if self._timeout is None else self._clock()
         deadline = None
         while not self._eof and (size < 0 or len(buffer) < size):
             if deadline is None and len(buffer):
                 deadline = self._request_deadline()
-            waiting = self._wait_for_input(deadline)
+            waiting = self._wait_for_input(deadline, started)
             if waiting is not None:
                 await waiting
-            self._receive()
+            if size < 0 or len(buffer) + RECV_SIZE <= buffer.max_size:
+                self._receive(RECV_SIZE)
+            else:  # past the bound: take exactly what was asked for, no more
+                self._receive(min(RECV_SIZE, size - len(buffer)), size)
         return buffer.take(size)
 
     async def read1(self, size: int = -1) -> bytes:
         """Whatever is available, at least one byte (b"" at EOF), at most `size` if >= 0."""
+        started = None if self._timeout is None else self._clock()
         while not len(self._buffer) and not self._eof:
-            waiting = self._wait_for_input(None)
+            waiting = self._wait_for_input(None, started)
             if waiting is not None:
                 await waiting
-            self._receive()
+            self._receive(RECV_SIZE)
         return self._buffer.take(size)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -141,71 +173,88 @@ class AsyncReader:
         closes it)."""
         self.closed = True
 
-    def _wait_for_input(self, deadline: float | None) -> Awaitable[None] | None:
-        """Prepare the next `recv()`: on a reactor socket, what to await first (nothing when
-        input is likely there already; the idle trap before a request begins; a wait bounded
-        by the request deadline after); on a blocking socket, give recv() the same bound.
-        A plain method, so that a connection parked in readline() keeps no extra frame."""
+    def _wait_for_input(self, deadline: float | None,
+                        started: float | None) -> Awaitable[None] | None:
+        """Prepare the next `recv()`: on a non-blocking transport, what to await first
+        (nothing when input is likely there already; the idle trap between requests; a wait
+        bounded by what is left of the read call and of the request otherwise); on a blocking
+        transport, give recv() the same bound. A plain method, so that a connection parked in
+        readline() keeps no extra frame."""
         if not self._nonblocking:
-            bound = self._trap.timeout if deadline is None else self._wait_bound(deadline)
-            if self._sock.gettimeout() != bound:
-                self._sock.settimeout(bound)
+            bound = self._wait_bound(deadline, started)
+            cast(BlockingTransport, self._transport).settimeout(bound)
             return None
         if self._try_first:
             return None
-        if deadline is None:
+        if deadline is None and started is None:
             return reactor.wait(self._trap)
-        return self._wait_rest_of_request(deadline)
+        return self._wait_bounded(deadline, started)
 
-    async def _wait_rest_of_request(self, deadline: float) -> None:
-        """Wait for more of a request already begun, within its deadline. (Between requests
-        the read methods await the idle trap directly, so an idle connection keeps no extra
-        frame alive.)"""
+    async def _wait_bounded(self, deadline: float | None, started: float | None) -> None:
+        """Wait for input within what is left of the read call and of the request. (Between
+        requests with no `timeout`, the read methods await the idle trap directly, so an idle
+        connection keeps no extra frame alive.)"""
+        bound = self._wait_bound(deadline, started)
         try:
-            await reactor.wait(reactor.WaitReadable(self._trap.fd, self._wait_bound(deadline)))
+            await reactor.wait(reactor.WaitReadable(self._trap.fd, bound))
         except TimeoutError:
-            if self._clock() < deadline:
-                raise  # the handler's own per-wait `timeout` passed first
-            raise TimeoutError(f"the client did not complete its request within "
-                               f"request_timeout={self._request_timeout} s") from None
+            self._wait_bound(deadline, started)  # says which deadline passed, if one did
+            raise  # the idle timeout
+
+    def _wait_bound(self, deadline: float | None, started: float | None) -> float | None:
+        """Seconds the next wait may take; raises TimeoutError once the read call's or the
+        request's time is up."""
+        if deadline is None and started is None:
+            return self._idle_timeout
+        now = self._clock()
+        bound = None
+        if deadline is not None:
+            remaining = deadline - now
+            if remaining <= 0:
+                raise TimeoutError(f"the client did not complete its request within "
+                                   f"request_timeout={self._request_timeout} s")
+            if remaining != float("inf"):
+                bound = remaining
+        else:
+            bound = self._idle_timeout
+        if started is not None and self._timeout is not None:
+            left = started + self._timeout - now
+            if left <= 0:
+                raise TimeoutError(f"the read did not complete within timeout={self._timeout} s")
+            bound = _smallest(bound, left)
+        return bound
 
     def _request_deadline(self) -> float:
         timeout = self._request_timeout
         return float("inf") if timeout is None else self._clock() + timeout
 
-    def _wait_bound(self, deadline: float) -> float | None:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise TimeoutError(f"the client did not complete its request within "
-                               f"request_timeout={self._request_timeout} s")
-        return _smallest(self._timeout, remaining if remaining != float("inf") else None)
-
-    def _receive(self) -> None:
-        """One `recv()` into the buffer (see `_recv_direct`)."""
-        data = self._recv_direct()
+    def _receive(self, size: int, allowed: int = 0) -> None:
+        """One `recv()` of at most `size` bytes into the buffer (see `_recv_direct`); the
+        buffer may then hold `allowed` bytes when that is above `max_buffer_size`."""
+        data = self._recv_direct(size)
         if data is not None:
-            self._buffer.feed(data)
+            self._buffer.feed(data, allowed)
 
-    def _recv_direct(self) -> bytes | None:
-        """One `recv()`: the bytes, or None at EOF (then `_eof` is set) or when a reactor
-        socket had nothing to read (then the next attempt waits for readability first)."""
+    def _recv_direct(self, size: int) -> bytes | None:
+        """One `recv()`: the bytes, or None at EOF (then `_eof` is set) or when a non-blocking
+        transport had nothing to read (then the next attempt waits for readability first)."""
         if self.closed:
             raise ValueError("read from a closed rfile")
         try:
-            data: bytes = self._sock.recv(RECV_SIZE)
+            data = self._transport.recv(size)
         except (BlockingIOError, InterruptedError):
             if not self._nonblocking:
                 raise
             self._try_first = False
             return None
-        size = len(data)
-        self._try_first = size == RECV_SIZE
-        if not size:
+        got = len(data)
+        self._try_first = got == size
+        if not got:
             self._eof = True
             return None
         stats = self._stats
         if stats is not None:
-            stats.bytes_in = (stats.bytes_in or 0) + size
+            stats.count_in(got)
         return data
 
 
@@ -224,20 +273,25 @@ class AsyncWriter:
     """
 
     _fd: int
+    _transport: Transport
 
-    __slots__ = ("_sock", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
+    __slots__ = ("_transport", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
                  "_flusher", "_error", "_stats", "_corked", "_reader", "high_water",
                  "max_write_buffer", "closed")
 
-    def __init__(self, sock: Any, *, reactor: Any = None, timeout: float | None = None,
+    def __init__(self, transport: Any, *, reactor: Any = None, timeout: float | None = None,
                  high_water: int = 65536, max_write_buffer: int = 4 * 1024 * 1024,
-                 stats: Any = None, reader: AsyncReader | None = None) -> None:
-        self._sock = sock
-        self._fd = sock.fileno()
+                 stats: ByteCounter | None = None, reader: AsyncReader | None = None) -> None:
+        if not isinstance(transport, Transport):
+            transport = choose_transport(transport)
+        if reactor is None and not transport.blocking:
+            transport = BlockingTransport(transport.sock)  # no loop to queue output on
+        self._transport = transport
+        self._fd = transport.fd
         self._reactor = reactor
-        self._nonblocking = sock.gettimeout() == 0.0 and reactor is not None
-        if not self._nonblocking:
-            timeout = _smallest(timeout, sock.gettimeout())  # the socket's own timeout holds
+        self._nonblocking = not transport.blocking
+        if transport.blocking:
+            timeout = _smallest(timeout, transport.timeout)  # the socket's own timeout holds
         self._queue: collections.deque[bytes] | None = None  # created when output must wait
         self._queued = 0
         self._trap = _WaitWritable(self._fd, timeout)
@@ -249,6 +303,11 @@ class AsyncWriter:
         self.high_water = high_water
         self.max_write_buffer = max_write_buffer
         self.closed = False
+
+    @property
+    def transport(self) -> Transport:
+        """The byte transport this writer writes to."""
+        return self._transport
 
     def fileno(self) -> int:
         return self._fd
@@ -271,9 +330,9 @@ class AsyncWriter:
         if not size:
             return 0
         if not self._nonblocking:
-            if self._sock.gettimeout() != self._trap.timeout:
-                self._sock.settimeout(self._trap.timeout)  # the write timeout, off a reactor
-            self._sock.sendall(data, NO_SIGNAL)
+            transport = cast(BlockingTransport, self._transport)
+            transport.settimeout(self._trap.timeout)  # the write timeout, off a reactor
+            transport.send(data)
             self._count(size)
             return size
         if self._corked is not None:
@@ -299,7 +358,7 @@ class AsyncWriter:
         queue = self._queue
         if not queue:
             try:
-                sent = self._sock.send(data, NO_SIGNAL)
+                sent = self._transport.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -392,7 +451,7 @@ class AsyncWriter:
         while queue:  # None or empty: nothing to send
             head = queue[0]
             try:
-                sent = self._sock.send(head, NO_SIGNAL)
+                sent = self._transport.send(head)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -418,7 +477,7 @@ class AsyncWriter:
 
     def _count(self, sent: int) -> None:
         if self._stats is not None and sent:
-            self._stats.bytes_out = (self._stats.bytes_out or 0) + sent
+            self._stats.count_out(sent)
 
 
 _WaitWritable = reactor.WaitWritable

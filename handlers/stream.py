@@ -14,7 +14,8 @@ import socket
 from typing import Any
 
 from .base import BaseRequestHandler
-from .io import NO_SIGNAL, AsyncReader, AsyncWriter, _smallest
+from .io import AsyncReader, AsyncWriter, _smallest
+from .transport import NO_SIGNAL, Transport, choose_transport, tls_of
 
 __all__ = ["StreamRequestHandler", "SocketWriter"]
 
@@ -26,12 +27,14 @@ class SocketWriter(io.BufferedIOBase):
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        # MSG_NOSIGNAL on plain sockets; an `ssl.SSLSocket` refuses flags
+        self._flags = 0 if tls_of(sock) is not None else NO_SIGNAL
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
-        self._sock.sendall(b, NO_SIGNAL)
+        self._sock.sendall(b, self._flags)
         with memoryview(b) as view:
             return view.nbytes
 
@@ -77,29 +80,40 @@ class StreamRequestHandler(BaseRequestHandler):
     rfile: Any
     wfile: Any
 
+    @property
+    def tls(self) -> Any:
+        """The connection's `ssl.SSLSocket` when it is encrypted (ask it `version()`,
+        `cipher()`, `selected_alpn_protocol()`, `getpeercert()`), else None."""
+        return tls_of(getattr(self, "connection", self.request))
+
     def setup(self) -> Any:
         self.connection = self.request
         connection = self.connection
-        on_reactor = self.handle_is_async and connection.gettimeout() == 0.0
-        if self.timeout is not None and not on_reactor:
-            connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if self.handle_is_async:
+            transport: Transport | None = self._transport  # the server's choice, on a reactor
+            if transport is None or transport.sock is not connection:
+                # Driven in a thread, a child, or by a server of the standard library.
+                if self.timeout is not None and connection.gettimeout() != 0.0:
+                    connection.settimeout(self.timeout)
+                transport = choose_transport(connection)
+            loop = None if transport.blocking else self.reactor
             stats = self._request_entry
-            loop = self.reactor if on_reactor else None
             self.rfile = AsyncReader(
-                connection, timeout=self.timeout, idle_timeout=self.idle_timeout,
+                transport, timeout=self.timeout, idle_timeout=self.idle_timeout,
                 request_timeout=self.request_timeout, clock=loop and loop.timefunc,
                 max_line_length=self.max_line_length, max_buffer_size=self.max_buffer_size,
                 stats=stats)
             self.wfile = AsyncWriter(
-                connection, reactor=loop,
+                transport, reactor=loop,
                 timeout=_smallest(self.timeout, self.write_timeout),
                 high_water=self.write_high_water,
                 max_write_buffer=self.max_write_buffer, stats=stats,
                 reader=self.rfile if loop is not None else None)
             return
+        if self.timeout is not None:
+            connection.settimeout(self.timeout)
         self.rfile = connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
             self.wfile = SocketWriter(connection)

@@ -79,6 +79,14 @@ class RequestEntry:
         self.task: Any = None
         self._clock = clock
 
+    def count_in(self, size: int) -> None:
+        """Add `size` to `bytes_in` (the library's streams report what they read here)."""
+        self.bytes_in = (self.bytes_in or 0) + size
+
+    def count_out(self, size: int) -> None:
+        """Add `size` to `bytes_out` (the library's streams report what they sent here)."""
+        self.bytes_out = (self.bytes_out or 0) + size
+
     @property
     def age(self) -> float:
         """Seconds since the request was accepted."""

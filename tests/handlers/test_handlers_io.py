@@ -7,6 +7,7 @@ import inspect
 import logging
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -21,9 +22,9 @@ from reactor.testing import FakeClock, run_until_idle
 
 
 
-class Stats:
-    bytes_in: int | None = None
-    bytes_out: int | None = None
+def Stats() -> reactor.RequestEntry:
+    """A real request-table entry: what the streams report their byte counts to."""
+    return reactor.RequestTable(time.monotonic).open(None, None, None)
 
 
 
@@ -282,20 +283,91 @@ def test_reader_timeout_raises_timeout_error_at_the_read(fake_loop: Reactor, clo
     assert task.result == "timed out"
 
 
-def test_reader_timeout_applies_per_wait_not_per_call(fake_loop: Reactor, clock: FakeClock,
-                                                      pair) -> None:
+@pytest.mark.parametrize("call", ["read", "readline"])
+def test_reader_timeout_bounds_the_whole_call_however_bytes_trickle(
+        fake_loop: Reactor, clock: FakeClock, pair, call: str) -> None:
     ours, peer = pair
-    rfile = make_reader(ours, fake_loop, timeout=10)
-    task = spawn(fake_loop, rfile.read(3))
+    rfile = make_reader(ours, fake_loop, timeout=10, request_timeout=None)
+    task = spawn(fake_loop, rfile.read(4) if call == "read" else rfile.readline())
     run_until_idle(fake_loop)
-    for byte in (b"a", b"b"):
-        clock.advance(8)
+    for byte in (b"a", b"b"):  # a byte every 4 s: each wait is short, the call is not
+        clock.advance(4)
         peer.send(byte)
         run_until_idle(fake_loop)
-    assert not task.done  # 16 s in total, never 10 s without progress
-    peer.send(b"c")
+    assert not task.done
+    clock.advance(2.5)  # 10.5 s since the call began
     run_until_idle(fake_loop)
-    assert task.result == b"abc"
+    assert isinstance(task.error, TimeoutError)
+    assert "timeout=10" in str(task.error)
+
+
+def test_reader_timeout_restarts_with_each_call(fake_loop: Reactor, clock: FakeClock,
+                                                pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop, timeout=10)
+
+    async def two_lines() -> list[bytes]:
+        return [await rfile.readline(), await rfile.readline()]
+
+    task = spawn(fake_loop, two_lines())
+    run_until_idle(fake_loop)
+    clock.advance(8)
+    peer.send(b"one\n")
+    run_until_idle(fake_loop)
+    clock.advance(8)  # 16 s in all, 8 s into the second call
+    peer.send(b"two\n")
+    run_until_idle(fake_loop)
+    assert task.result == [b"one\n", b"two\n"]
+
+
+def test_blocking_reader_timeout_bounds_the_whole_call(blocking_pair) -> None:
+    ours, peer = blocking_pair
+    rfile = AsyncReader(ours, timeout=0.5, request_timeout=None)
+    stop = threading.Event()
+
+    def trickle() -> None:  # a byte every 0.1 s, until the reader gives up
+        while not stop.wait(0.1):
+            try:
+                peer.send(b"x")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        with pytest.raises(TimeoutError):
+            run_blocking(rfile.readline())
+    finally:
+        stop.set()
+        sender.join()
+
+
+def test_read_larger_than_max_buffer_size_is_delivered_whole(fake_loop: Reactor, pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop, max_buffer_size=1000)
+    body = bytes(range(256)) * 12  # 3,072 bytes: three times the bound
+    task = spawn(fake_loop, rfile.read(len(body)))
+    for start in range(0, len(body), 700):
+        peer.send(body[start:start + 700])
+        run_until_idle(fake_loop)
+    assert task.result == body
+    peer.send(b"tail")
+    peer.shutdown(socket.SHUT_WR)
+    task = spawn(fake_loop, rfile.read(10_000))
+    run_until_idle(fake_loop)
+    assert task.result == b"tail"  # never more than was sent, b"" after
+    task = spawn(fake_loop, rfile.read(10_000))
+    run_until_idle(fake_loop)
+    assert task.result == b""
+
+
+def test_read_all_stays_bounded_by_max_buffer_size(fake_loop: Reactor, pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop, max_buffer_size=1000)
+    task = spawn(fake_loop, rfile.read())
+    peer.send(b"x" * 1500)
+    run_until_idle(fake_loop)
+    assert isinstance(task.error, BufferLimitExceeded)
 
 
 def test_reader_line_too_long(fake_loop: Reactor, pair) -> None:
@@ -679,7 +751,8 @@ def test_a_reactor_style_reader_yields_a_read_trap_with_its_timeout(blocking_pai
     coro = rfile.readline()
     trap = coro.send(None)  # nothing to read: it suspends on a reactor trap
     coro.close()
-    assert trap == reactor.WaitReadable(ours.fileno(), 10)
+    assert type(trap) is reactor.WaitReadable and trap.fd == ours.fileno()
+    assert 9 < trap.timeout <= 10  # what is left of the call's 10 s
 
 
 def test_run_blocking_turns_a_readers_traps_into_blocking_waits(blocking_pair) -> None:
@@ -852,16 +925,17 @@ def test_blocking_reader_bounds_the_rest_of_a_request_by_request_timeout(blockin
             peer.sendall(b"tial\n")
 
     # the request begins at 0 s; by the next wait 10 s have passed
+    ours.settimeout(None)  # no per-call timeout: only the request's deadline bounds the wait
     rfile = AsyncReader(ours, request_timeout=15,
                         clock=ScriptedClock([0.0, 10.0], peer_acts))  # type: ignore[arg-type]
     peer.sendall(b"par")
-    assert ours.gettimeout() == 10
     assert run_blocking(rfile.readline()) == b"partial\n"
     assert ours.gettimeout() == 5  # the wait was bounded by the 5 s the request had left
 
 
 def test_blocking_reader_refuses_to_wait_past_the_request_deadline(blocking_pair) -> None:
     ours, peer = blocking_pair
+    ours.settimeout(None)  # no per-call timeout: only the request's deadline bounds the wait
     rfile = AsyncReader(ours, request_timeout=15,
                         clock=ScriptedClock([0.0, 100.0]))  # type: ignore[arg-type]
     peer.sendall(b"never finished")

@@ -197,8 +197,8 @@ class TrackingBuffer(ReceiveBuffer):
         TrackingBuffer.peaks.append(0)
         self.index = len(TrackingBuffer.peaks) - 1
 
-    def feed(self, data: bytes) -> None:
-        super().feed(data)
+    def feed(self, data: bytes, allowed: int = 0) -> None:
+        super().feed(data, allowed)
         peaks = TrackingBuffer.peaks
         peaks[self.index] = max(peaks[self.index], len(self))
 
