@@ -92,6 +92,7 @@ class BaseServer:
     _episode_logged = False  # an accept-error episode has been logged
     _drain_timer: Any = None
     _backoff_timer: Any = None
+    _staged_entries: dict[Any, RequestEntry] | None = None  # request -> entry, during its stages
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address = server_address
@@ -136,7 +137,8 @@ class BaseServer:
         owned_by_task = False
         try:
             entry.stage = Stage.RUNNING
-            with handlers.deferred_start(reactor, entry) as deferred:
+            with handlers.deferred_start(reactor, entry,
+                                         self._transport_for(request)) as deferred:
                 self.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
@@ -392,10 +394,34 @@ class BaseServer:
             return
         if not verdict:
             self.shutdown_request(request)
-        elif self.read_ahead is not None and self._can_read_ahead(request):
-            self._start_read_ahead(request, client_address)
         else:
-            self._guarded(self.process_request, request, client_address)
+            self._admit_request(request, client_address)
+
+    def _admit_request(self, request: Any, client_address: Any) -> None:
+        """Run the work due before the handler (stream servers: TLS handshake, read-ahead),
+        then dispatch. Those stages live on one table entry, which `process_request()` then
+        adopts (same id, same age)."""
+        self._dispatch_request(request, client_address)
+
+    def _dispatch_request(self, request: Any, client_address: Any) -> None:
+        """`process_request()` under the standard error handling. A staged entry that an
+        overridden `process_request()` did not adopt leaves the table now."""
+        self._guarded(self.process_request, request, client_address)
+        staged = self._staged_entries
+        if staged and request in staged:
+            entry = staged.pop(request)
+            if self._reactor is not None:
+                self._reactor.close_request(entry)
+            self._request_closed(entry)
+
+    def _stage_entry(self, request: Any, client_address: Any) -> RequestEntry:
+        """Open the table entry of a request that has work to do before its handler runs;
+        `process_request()` adopts it later through `_open_entry()`."""
+        entry = self._open_entry(request, client_address)
+        if self._staged_entries is None:
+            self._staged_entries = {}
+        self._staged_entries[request] = entry
+        return entry
 
     def _guarded(self, hook: Callable[[Any, Any], Any], request: Any,
                  client_address: Any) -> Any:
@@ -429,6 +455,9 @@ class BaseServer:
         self._maybe_resume_accepting()
 
     def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
+        staged = self._staged_entries
+        if staged and request in staged:
+            return staged.pop(request)  # its stages are over: the same entry goes on
         entry: RequestEntry = self._reactor.open_request(self, request, client_address,
                                            self._request_fd(request))
         self._in_flight[entry] = None
@@ -517,21 +546,26 @@ class BaseServer:
         self.shutdown_request(request)
 
     def _abandon(self, entry: RequestEntry) -> None:
-        """Close a request that has no task (held for read-ahead) without running it."""
+        """Close a request that has no task (in one of its stages) without running it."""
+        if self._staged_entries:
+            self._staged_entries.pop(entry.request, None)
         if self._reactor is not None and entry.fd >= 0:
             self._reactor.forget(entry.fd)
         self.shutdown_request(entry.request)
         self._reactor.close_request(entry)
         self._request_closed(entry)
 
-    # --- read-ahead (classic handlers): hold a connection until its first request is in
-    def _can_read_ahead(self, request: Any) -> bool:
-        return False
-
-    def _start_read_ahead(self, request: Any, client_address: Any) -> None:
-        raise NotImplementedError  # pragma: no cover - stream servers implement it
-
     # --- socket-facing hooks the concrete servers provide
+    def _complete_handshake(self, request: Any, client_address: Any) -> bool:
+        """In a thread or a child, before the handler: finish what the reactor left to the
+        worker (a TLS handshake). False: the request failed (logged) and must be shut down."""
+        return True
+
+    def _transport_for(self, request: Any) -> Any:
+        """The `handlers.transport.Transport` an async handler on the reactor reads and
+        writes through (stream servers choose it), or None."""
+        return None
+
     def _prepare_listener(self) -> None:
         """Make the listening descriptor safe to poll (stream servers set O_NONBLOCK)."""
 

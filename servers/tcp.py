@@ -6,16 +6,22 @@ reactor: the reactor accepts in batches after one readiness event, and an accept
 the queue empty (another process took the connection) must fail instead of freezing the loop.
 Accepted sockets are blocking, as the standard library hands them to classic handlers; a
 request whose handler is `async def` is switched to non-blocking just before its task starts.
+
+The work due before a handler runs (the TLS handshake, read-ahead) is done here as stages of
+the request's one table entry (`_admit_request`); `servers.tls` holds the TLS mechanics.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Any, Callable
 
+from handlers.transport import SocketTransport, TLSTransport, Transport, tls_of
 from reactor import Stage
 
+from . import tls as tls_stage
 from .base import BaseServer, logger
 from .unix import bind_unix, remove_if_ours
 
@@ -26,6 +32,16 @@ class TCPServer(BaseServer):
     """Same contract as `socketserver.TCPServer`.
 
     An IPv6 literal host (`("::1", 0)`) selects AF_INET6 without subclassing.
+
+    TLS attributes (also on `UnixStreamServer` and the threading/forking combinations):
+        ssl_context: an `ssl.SSLContext` (server side) to encrypt every connection with, or
+            None. Read when each connection is accepted: assigning a new context rotates
+            certificates without a restart. Handlers get an `ssl.SSLSocket` as `request`.
+        ssl_handshake_timeout: seconds a client has to complete its TLS handshake (None: no
+            limit); a stalled or failed handshake ends that connection alone, with one log
+            line. It also bounds the handshake of a listening socket wrapped by a standard-
+            library recipe (`server.socket = ctx.wrap_socket(server.socket, ...)`), which
+            here never runs inside `accept()` on the loop.
     """
 
     address_family: int = socket.AF_INET
@@ -37,6 +53,11 @@ class TCPServer(BaseServer):
     #: answers with two writes (http.server: headers, then body) otherwise waits ~40 ms per
     #: response for the client's delayed ACK. False keeps the kernel's default.
     tcp_nodelay: bool = True
+    ssl_context: ssl.SSLContext | None = None
+    ssl_handshake_timeout: float | None = 30.0
+    #: True in the threading/forking combinations: the thread or child completes the
+    #: handshake (its CPU is then not the loop's); a plain server's reactor drives it.
+    _handshake_in_worker = False
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any],
                  bind_and_activate: bool = True) -> None:
@@ -76,11 +97,29 @@ class TCPServer(BaseServer):
         return self.socket.fileno()
 
     def get_request(self) -> tuple[Any, Any]:
-        """Accept a connection: returns `(socket, client_address)`."""
-        return self.socket.accept()
+        """Accept a connection: returns `(socket, client_address)`.
+
+        When `self.socket` was wrapped with `ssl.SSLContext.wrap_socket()` (a standard-library
+        recipe) the connection is returned wrapped but not yet handshaken: the handshake runs
+        later, off the loop's critical path, bounded by `ssl_handshake_timeout`."""
+        listener = self.socket
+        listener_tls = tls_of(listener)
+        if listener_tls is None:
+            return listener.accept()
+        conn, address = socket.socket.accept(listener_tls)
+        try:
+            return tls_stage.wrap_accepted(listener_tls.context, conn, getattr(
+                listener_tls, "suppress_ragged_eofs", True)), address
+        except BaseException:
+            conn.close()
+            raise
 
     def shutdown_request(self, request: Any) -> None:
-        """Shut the connection's write side (ignoring errors), then `close_request()`."""
+        """Send TLS close_notify on an encrypted connection (without waiting for the peer's),
+        shut the connection's write side (ignoring errors), then `close_request()`."""
+        tls = tls_of(request)
+        if tls is not None:
+            tls_stage.send_close_notify(tls)
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:
@@ -121,6 +160,51 @@ class TCPServer(BaseServer):
     def _prepare_for_reactor(self, request: Any) -> None:
         request.setblocking(False)
 
+    def _transport_for(self, request: Any) -> Transport:
+        if tls_of(request) is not None:
+            return TLSTransport(request)
+        return SocketTransport(request)
+
+    # ---------------------------------------------------- stages before the handler runs
+    def _admit_request(self, request: Any, client_address: Any) -> None:
+        context = self.ssl_context  # the value current now: rotation takes effect per accept
+        if context is not None and tls_of(request) is None:
+            try:
+                request = tls_stage.wrap_accepted(context, request)
+            except (OSError, ValueError) as exc:
+                logger.warning("%s: cannot start TLS with %s: %s", self._name(),
+                               client_address, exc)
+                self.shutdown_request(request)
+                return
+        tls = tls_of(request)
+        if tls is not None and tls_stage.handshake_pending(tls) and \
+                not self._handshake_in_worker and self._reactor is not None:
+            entry = self._stage_entry(request, client_address)
+            entry.move_to(Stage.HANDSHAKING)
+            tls_stage.ReactorHandshake(self._reactor, entry, self.ssl_handshake_timeout,
+                                       self._name(), self._after_handshake,
+                                       self._abandon).start()
+            return
+        if self.read_ahead is not None and self._can_read_ahead(request):
+            self._start_read_ahead(self._stage_entry(request, client_address))
+            return
+        self._dispatch_request(request, client_address)
+
+    def _after_handshake(self, entry: Any) -> None:
+        request = entry.request
+        request.setblocking(True)  # as accept() gives it; async handlers switch it back
+        if self.read_ahead is not None and self._can_read_ahead(request):
+            self._start_read_ahead(entry)
+        else:
+            self._dispatch_request(request, entry.client_address)
+
+    def _complete_handshake(self, request: Any, client_address: Any) -> bool:
+        tls = tls_of(request)
+        if tls is None or not tls_stage.handshake_pending(tls):
+            return True
+        return tls_stage.complete_handshake(tls, self.ssl_handshake_timeout, self._name(),
+                                            client_address)
+
     def _request_fd(self, request: Any) -> int:
         fileno = getattr(request, "fileno", None)
         return fileno() if callable(fileno) else -1
@@ -130,20 +214,28 @@ class TCPServer(BaseServer):
     read_ahead_recheck: float = 0.05
 
     def _can_read_ahead(self, request: Any) -> bool:
-        return isinstance(request, socket.socket) and not getattr(
-            self.RequestHandlerClass, "handle_is_async", False)
+        if not isinstance(request, socket.socket) or getattr(
+                self.RequestHandlerClass, "handle_is_async", False):
+            return False
+        tls = tls_of(request)  # a TLS handshake left to a worker must come first
+        return tls is None or not tls_stage.handshake_pending(tls)
 
-    def _start_read_ahead(self, request: Any, client_address: Any) -> None:
-        entry = self._open_entry(request, client_address)
+    def _start_read_ahead(self, entry: Any) -> None:
         entry.move_to(Stage.READING_AHEAD)
         timer = self._reactor.call_later(self.read_ahead_timeout, self._read_ahead_expired,
                                          entry)
         self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
 
     def _read_ahead_ready(self, entry: Any, timer: Any, low_water: int = 0) -> None:
+        request = entry.request
+        if tls_of(request) is not None:
+            # Encrypted bytes cannot be peeked at: a readable socket means the first record
+            # of the request has arrived, which is as far as read-ahead can see.
+            self._read_ahead_done(entry, timer, 0)
+            return
         limit = self.read_ahead_limit
         try:
-            peeked = entry.request.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            peeked = request.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -152,6 +244,9 @@ class TCPServer(BaseServer):
                 not 0 < len(peeked) < low_water:  # woken with nothing new: EOF or an error
             self._read_ahead_wait_for_more(entry, timer, len(peeked))
             return
+        self._read_ahead_done(entry, timer, low_water)
+
+    def _read_ahead_done(self, entry: Any, timer: Any, low_water: int) -> None:
         timer.cancel()
         self._reactor.forget(entry.fd)
         if low_water:
@@ -159,9 +254,7 @@ class TCPServer(BaseServer):
                 entry.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             except OSError:
                 pass  # the handler will meet the error itself
-        self._reactor.close_request(entry)
-        self._request_closed(entry)
-        self._guarded(self.process_request, entry.request, entry.client_address)
+        self._dispatch_request(entry.request, entry.client_address)  # adopts the entry
 
     def _read_ahead_wait_for_more(self, entry: Any, timer: Any, buffered: int) -> None:
         """The peeked bytes stay in the socket, which therefore stays readable: wake again
