@@ -494,8 +494,10 @@ class ProxyTrust:
         parsed = []
         for network in networks:
             try:
+                if not isinstance(network, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                    raise ValueError("give a CIDR string or an ipaddress network")
                 parsed.append(ipaddress.ip_network(network))
-            except (ValueError, TypeError) as exc:
+            except ValueError as exc:
                 raise ValueError(f"proxy_trusted: {network!r} is not a network such as "
                                  f"'10.0.0.0/8' ({exc})") from None
         self.networks: tuple[Network, ...] = tuple(parsed)
