@@ -3,7 +3,9 @@
 A load balancer that speaks it sends one header at the start of each connection, saying who
 the real client is. This module only decides what a run of bytes means; it does no I/O and
 reads no clock, so the server can drive it from any mode. Written from the public
-specification, HAProxy's doc/proxy-protocol.txt ("the spec" below).
+specification, HAProxy's doc/proxy-protocol.txt ("the spec" below). It runs past our usual
+400 lines because it is that one specification read top to bottom: both versions, the TLVs and
+the trust rule share their result types, and splitting them would scatter the spec's sections.
 
 How a server reads a header without taking a byte that is not part of it: peek (MSG_PEEK)
 what has arrived and call `parse_proxy_header()`. None means every byte seen so far belongs
