@@ -47,7 +47,8 @@ _SEND_PROXY = {"v1": "send-proxy", "v2": "send-proxy-v2", None: ""}
 
 
 class HAProxy:
-    """One haproxy process in front of `backends`; `address` is where clients connect.
+    """One haproxy process in front of `backends`; `address` is where clients connect (known,
+    and accepting into its backlog, from construction). Start it once; stop it always.
 
     Args:
         backends: the servers' addresses: (host, port) tuples or Unix socket paths.
@@ -66,14 +67,15 @@ class HAProxy:
         self.directory = directory
         self.config_path = directory / "haproxy.cfg"
         self.log_path = directory / "haproxy.log"
-        self._listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host
-                                              else socket.AF_INET, backlog=128)
-        self.address: tuple[Any, ...] = self._listener.getsockname()
         options = [_SEND_PROXY[send_proxy]]
         if proxy_v2_options:
             options.append("proxy-v2-options " + ",".join(proxy_v2_options))
         servers = [f"    server s{index} {_haproxy_address(address)} {' '.join(options)}"
                    for index, address in enumerate(backends)]
+        # closed by stop(), which start() calls on failure and the fixture at teardown
+        self._listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host
+                                              else socket.AF_INET, backlog=128)
+        self.address: tuple[Any, ...] = self._listener.getsockname()
         self.config = "\n".join([
             "global",
             "    maxconn 200",
@@ -130,6 +132,8 @@ class HAProxy:
                 message holds its log.
         """
         assert HAPROXY is not None, SKIP_REASON
+        if self.process is not None or self._listener.fileno() < 0:
+            raise RuntimeError(f"{self!r} starts once; make a new HAProxy to start another")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -112,6 +112,8 @@ def test_fixture_stops_haproxy_and_its_workers(tmp_path: Any, graceful: bool) ->
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(balancer.address[:2], timeout=10)
         assert balancer.stop() is None  # idempotent
+        with pytest.raises(RuntimeError, match="starts once"):
+            balancer.start()
 
 
 def running(pid: int) -> bool:
