@@ -8,21 +8,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import selectors
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import reactor
 import servers
+from conftest import recv_line
 from reactor.testing import FakeClock
-from servers import systemd
+from servers import cli, systemd
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 
@@ -421,3 +425,222 @@ def test_only_the_process_that_made_the_notifier_sends(
 
 def test_listen_fds_is_a_name_of_the_servers_package() -> None:
     assert servers.listen_fds is systemd.listen_fds
+
+
+# --------------------------------------------------------------------------- the command line
+class Running:
+    """A process whose stderr is read line by line, each read bounded."""
+
+    def __init__(self, argv: list[str], env: dict[str, str],
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        self.proc = subprocess.Popen(argv, env=env, pass_fds=pass_fds, cwd=ROOT,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        self._stderr = self.proc.stderr
+        self._buffer = b""
+        self.seen: list[str] = []
+
+    def line(self, timeout: float = 10.0) -> str:
+        """The next line of stderr ("" at EOF)."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._stderr, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise AssertionError(f"no line from the process; so far: {self.seen}")
+                chunk = os.read(self._stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        self.seen.append(line.decode())
+        return self.seen[-1]
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        while line := self.line():
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"{pattern!r} never appeared in {self.seen}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(*argv: str, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> Running:
+        started.append(Running(list(argv), env, pass_fds))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.close()
+
+
+def passed_through(env: dict[str, str]) -> list[str]:
+    """systemd-socket-activate gives the program only PATH, HOME, ... and what -E names."""
+    names = ["PYTHONPATH", "NOTIFY_SOCKET", "WATCHDOG_USEC"]
+    names += [name for name in env if name.startswith("COVERAGE")]
+    return [word for name in names if name in env for word in ("-E", f"{name}={env[name]}")]
+
+
+def messages_until(receiver: NotifyReceiver, wanted: str, pid: int) -> list[str]:
+    """Notifications up to and including `wanted`, each checked to come from `pid` (systemd's
+    NotifyAccess=main ignores any other sender)."""
+    found: list[str] = []
+    while not found or found[-1] != wanted:
+        message, sender = receiver.receive()
+        assert sender in (pid, None), f"{message!r} came from {sender}, not the main process"
+        found.append(message)
+    return found
+
+
+@pytest.mark.slow
+@needs_socket_activate
+def test_the_command_line_serves_systemd_sockets_and_reports_ready_watchdog_stopping(
+        running: Callable[..., Running], receiver: NotifyReceiver, tmp_path: Path) -> None:
+    assert SOCKET_ACTIVATE is not None
+    path = str(tmp_path / "echo.sock")
+    env = child_environ(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="200000")
+    run = running(SOCKET_ACTIVATE, "-l", path, "--fdname=echo", *passed_through(env),
+                  sys.executable, "-m", "servers", "servers.builtin:Echo",
+                  "--bind", "systemd:echo", env=env)
+    assert run.line() == f"Listening on {path} as 3."
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(path)  # before the server exists: this connection starts it
+        client.sendall(b"early\n")
+        assert run.wait_for(r"^serving (.*)$")[1] == \
+            f"Echo on unix:{path} from systemd:echo (reactor mode)"
+        assert recv_line(client) == b"early\n"
+    pid = run.proc.pid  # systemd-socket-activate execs the program in its own process
+    before_ready = messages_until(receiver, "READY=1", pid)
+    assert set(before_ready[:-1]) <= {"WATCHDOG=1"}
+    assert messages_until(receiver, "WATCHDOG=1", pid) == ["WATCHDOG=1"]
+    assert run.stop() == 0
+    after = messages_until(receiver, "STOPPING=1", pid)
+    assert set(after[:-1]) <= {"WATCHDOG=1"}
+    assert os.path.exists(path), "the socket file is systemd's, not the server's, to remove"
+
+
+@pytest.mark.slow
+def test_the_command_line_serves_passed_tcp_and_udp_sockets_by_name_and_by_descriptor(
+        running: Callable[..., Running], four_sockets: list[socket.socket]) -> None:
+    tcp, udp = four_sockets[:2]
+    env = child_environ()
+    run = running(sys.executable, LAUNCHER, f"{tcp.fileno()}=web", f"{udp.fileno()}=dns", "--",
+                  sys.executable, "-m", "servers", "servers.builtin:Echo", "--mode", "threading",
+                  "--bind", "systemd:web", "--bind", "fd:4",
+                  env=env, pass_fds=(tcp.fileno(), udp.fileno()))
+    host, port = tcp.getsockname()
+    assert run.wait_for(r"^serving (.*)$")[1] == \
+        f"Echo on tcp://{host}:{port} from systemd:web (threading mode)"
+    host, port = udp.getsockname()
+    assert run.wait_for(r"^serving (.*)$")[1] == \
+        f"DatagramEcho on udp://{host}:{port} from fd:4 (threading mode)"
+    with socket.create_connection(tcp.getsockname(), timeout=10) as client:
+        client.sendall(b"over tcp\n")
+        assert recv_line(client) == b"over tcp\n"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(b"over udp", udp.getsockname())
+        assert client.recv(100) == b"over udp"
+    assert run.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("binds", "status", "message"), [
+    (["systemd:api"], 2, "error: systemd:api: no socket named 'api' was passed to this "
+                         "process (passed: web, log)"),
+    (["systemd:web", "fd:3"], 2, "fd:3 and systemd:web are the same socket; bind it once"),
+    (["fd:1"], 2, "error: descriptor 1 is a FIFO, not a socket"),
+    (["systemd:log"], 1, "cannot listen on systemd:log: "),
+])
+def test_the_command_line_says_what_is_wrong_with_a_passed_socket(
+        binds: list[str], status: int, message: str, tmp_path: Path) -> None:
+    web = socket.create_server(("127.0.0.1", 0))
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # bound, never listening
+    log.bind(str(tmp_path / "log.sock"))
+    args = [arg for bind in binds for arg in ("--bind", bind)]
+    try:
+        result = subprocess.run(
+            [sys.executable, LAUNCHER, f"{web.fileno()}=web", f"{log.fileno()}=log", "--",
+             sys.executable, "-m", "servers", "servers.builtin:Echo", *args],
+            pass_fds=(web.fileno(), log.fileno()), capture_output=True, text=True, timeout=20,
+            env=child_environ())
+    finally:
+        web.close()
+        log.close()
+    assert result.returncode == status, result.stderr
+    assert message in result.stderr
+
+
+def test_systemd_binds_without_a_service_manager_say_how_to_get_sockets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROTOCOL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="systemd:web: no sockets were passed to this process; "
+                                         "start it from a systemd .socket unit"):
+        cli.take_inherited_binds([cli.parse_bind("systemd:web")])
+
+
+@pytest.mark.parametrize(("family", "kind", "mode", "server_class"), [
+    (socket.AF_INET, socket.SOCK_STREAM, "threading", "ThreadingTCPServer"),
+    (socket.AF_INET, socket.SOCK_DGRAM, "reactor", "UDPServer"),
+    (socket.AF_UNIX, socket.SOCK_STREAM, "forking", "ForkingUnixStreamServer"),
+    (socket.AF_UNIX, socket.SOCK_DGRAM, "sync", "UnixDatagramServer"),
+])
+def test_fd_binds_pick_the_server_class_from_the_socket_and_the_mode(
+        family: socket.AddressFamily, kind: socket.SocketKind, mode: str, server_class: str,
+        tmp_path: Path) -> None:
+    with socket.socket(family, kind) as original:
+        original.bind(str(tmp_path / "s") if family == socket.AF_UNIX else ("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            original.listen()
+        fd = os.dup(original.fileno())
+        handler = "servers.builtin:Echo" if mode == "reactor" else "test_systemd:ClassicEcho"
+        parser = cli.build_parser()
+        args = parser.parse_args([handler, "--mode", mode, "--bind", f"fd:{fd}"])
+        [plan] = cli.make_plans(args, parser.error)
+        assert plan.bind.socket is not None
+        try:
+            assert plan.bind.socket.fileno() == fd
+            assert plan.bind.address == original.getsockname()
+            assert issubclass(plan.server_class, getattr(servers, server_class))
+            assert plan.server_class.__name__ == server_class
+        finally:
+            plan.bind.socket.close()
+
+
+class ClassicDatagramEcho(servers.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+class ClassicEcho(servers.StreamRequestHandler):
+    """A classic handler with a datagram twin, for the modes that take classic handlers."""
+
+    datagram_handler = ClassicDatagramEcho
+
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("systemd:", "write systemd:NAME with the socket's name"),
+    ("fd:three", "write fd:N with N an inherited socket's descriptor number"),
+])
+def test_malformed_inherited_binds_say_what_to_write(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cli.parse_bind(text)
