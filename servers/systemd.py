@@ -70,11 +70,12 @@ def listen_fds(unset_environment: bool = True) -> dict[str, socket.socket]:
         ValueError: the variables are malformed, or a descriptor they announce is not open;
             the message says which.
     """
+    pairs = take_inherited(unset_environment)
     sockets: dict[str, socket.socket] = {}
-    for name, sock in take_inherited(unset_environment):
+    for name, sock in pairs:
         key = name if name not in sockets else f"fd{sock.fileno()}"
         if key in sockets:  # a name "fd4" given to fd 3, and fd 4 also named like fd 3
-            for each in sockets.values():
+            for _, each in pairs:
                 each.close()
             raise ValueError(f"LISTEN_FDNAMES gives the name {key!r} twice; give each socket "
                              "its own FileDescriptorName=")
@@ -83,9 +84,9 @@ def listen_fds(unset_environment: bool = True) -> dict[str, socket.socket]:
 
 
 def take_inherited(unset_environment: bool = True) -> list[tuple[str, socket.socket]]:
-    """Like `listen_fds()`, as a list of (name, socket) pairs in descriptor order, names
-    repeated as the service manager gave them (the command line serves every socket of a
-    name)."""
+    """Like `listen_fds()`, but (name, socket) pairs in descriptor order, with the names as
+    the service manager gave them, repeated ones included (the command line's `systemd:NAME`
+    serves every socket of a name). Same argument, same errors."""
     try:
         announced = _announced()
     finally:

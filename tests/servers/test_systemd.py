@@ -167,6 +167,13 @@ def test_sockets_announced_for_another_process_are_not_taken(
     assert not [name for name in os.environ if name.startswith("LISTEN_")]
 
 
+def test_listen_pid_without_listen_fds_means_no_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    assert systemd.listen_fds() == {}
+    assert "LISTEN_PID" not in os.environ
+
+
 @pytest.mark.parametrize(("count", "names", "message"), [
     ("two", None, "LISTEN_FDS='two' is not a positive whole number"),
     ("0", None, "LISTEN_FDS='0' is not a positive whole number"),
@@ -339,6 +346,16 @@ def test_a_missing_notify_socket_is_one_warning_and_never_an_exception(
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot notify the service manager at {str(tmp_path / 'gone')!r}: "
         "No such file or directory"]
+
+
+def test_a_notify_socket_of_another_kind_is_one_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:9999")  # systemd 253+: a VM's host
+    with caplog.at_level(logging.WARNING, logger="servers"):
+        assert systemd.notify("READY=1") is False
+        assert systemd.notify("STOPPING=1") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "NOTIFY_SOCKET='vsock:2:9999' is neither a path nor @name; notifications are not sent"]
 
 
 @pytest.mark.parametrize("state", ["READY", "STATUS=two\nlines"])
