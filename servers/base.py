@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, TypeVar
 
 import handlers
 import reactor as reactor_pkg
@@ -36,6 +37,7 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 
 
 _FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
+_ServerT = TypeVar("_ServerT", bound="BaseServer")
 
 
 def _async_request_done(task: Any) -> None:
@@ -106,6 +108,40 @@ class BaseServer:
         """The `reactor.Reactor` this server is registered on (its private one while
         `serve_forever()`/`handle_request()` run), or None."""
         return self._reactor
+
+    @classmethod
+    def from_socket(cls: type[_ServerT], sock: socket.socket,
+                    RequestHandlerClass: Callable[..., Any]) -> _ServerT:
+        """A server on `sock`, a socket already bound (and, for a stream server, listening):
+        one a service manager passed (`servers.systemd.listen_fds()`), or one made by the
+        caller. Connections already waiting on it are served once the server runs.
+
+        The server never binds or listens: the constructor runs with
+        `bind_and_activate=False`, then `server_bind()` and `server_activate()` run as usual,
+        so that subclasses that set themselves up there (`http.server.HTTPServer`) work, but
+        the library's own versions leave the socket as it is. `server_address` is
+        `sock.getsockname()` and `address_family` is `sock.family`. The server then owns
+        `sock`: `server_close()` closes it, but never removes a Unix socket's file (it belongs
+        to whoever bound it).
+
+        Raises:
+            TypeError: this class cannot serve such a socket (a datagram socket for a stream
+                server, an AF_UNIX socket for `TCPServer`, ...); the message names the class
+                that can. `sock` is left as it was.
+            ValueError: `sock` is not bound, or a stream socket is not listening. `sock` is
+                left as it was.
+        """
+        cls._check_adoptable(sock)
+        server = cls(sock.getsockname(), RequestHandlerClass,
+                     bind_and_activate=False)  # type: ignore[call-arg]
+        server._adopt_socket(sock)
+        try:
+            server.server_bind()  # type: ignore[attr-defined]
+            server.server_activate()
+        except BaseException:
+            server.server_close()
+            raise
+        return server
 
     # ------------------------------------------------------------ standard hooks
     def server_activate(self) -> None:
@@ -565,6 +601,17 @@ class BaseServer:
         """The `handlers.transport.Transport` an async handler on the reactor reads and
         writes through (stream servers choose it), or None."""
         return None
+
+    @classmethod
+    def _check_adoptable(cls, sock: socket.socket) -> None:
+        """Raise TypeError/ValueError unless `from_socket()` can serve `sock` with this class."""
+        raise TypeError(f"{cls.__name__} has no socket of its own; from_socket() makes socket "
+                        "servers: TCPServer, UDPServer, UnixStreamServer, UnixDatagramServer "
+                        "and their subclasses")
+
+    def _adopt_socket(self, sock: socket.socket) -> None:
+        """Serve on `sock` instead of the socket the constructor made (checked already)."""
+        raise NotImplementedError  # pragma: no cover - socket servers implement it
 
     def _prepare_listener(self) -> None:
         """Make the listening descriptor safe to poll (stream servers set O_NONBLOCK)."""

@@ -76,6 +76,9 @@ class TCPServer(BaseServer):
     def server_bind(self) -> None:
         """Bind the socket (after SO_REUSEADDR / SO_REUSEPORT if asked) and record the real
         address in `server_address`."""
+        if self._adopted:  # from_socket(): bound already, by whoever made the socket
+            self.server_address = self.socket.getsockname()
+            return
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
@@ -85,7 +88,8 @@ class TCPServer(BaseServer):
 
     def server_activate(self) -> None:
         """Listen, with a backlog of `request_queue_size`."""
-        self.socket.listen(self.request_queue_size)
+        if not self._adopted:  # from_socket(): listening already, with its owner's backlog
+            self.socket.listen(self.request_queue_size)
 
     def server_close(self) -> None:
         """Stop serving and close the listening socket."""
@@ -129,6 +133,38 @@ class TCPServer(BaseServer):
     def close_request(self, request: Any) -> None:
         """Close the connection's socket."""
         request.close()
+
+    # -------------------------------------------------------------- from_socket() hooks
+    _adopted = False  # the socket came through from_socket(): never bind or listen it
+
+    @classmethod
+    def _check_adoptable(cls, sock: socket.socket) -> None:
+        got = _SERVER_FOR.get((sock.family, sock.type))
+        wanted = _SERVER_FOR.get((cls.address_family, cls.socket_type))
+        if got != wanted or (wanted is None and (sock.family, sock.type) !=
+                             (cls.address_family, cls.socket_type)):
+            family, kind = getattr(sock.family, "name", sock.family), getattr(
+                sock.type, "name", sock.type)
+            hint = f"; use {got}.from_socket()" if got else ""
+            raise TypeError(f"{cls.__name__} cannot serve {family}/{kind} sockets{hint}")
+        if sock.type == socket.SOCK_STREAM and hasattr(socket, "SO_ACCEPTCONN") and \
+                not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"{sock!r} is not listening: call its listen() first "
+                             "(from_socket() never binds or listens)")
+        address = sock.getsockname()
+        if address in ("", b"") or (isinstance(address, tuple) and address[1] == 0):
+            raise ValueError(f"{sock!r} is not bound: call its bind() first (from_socket() "
+                             "never binds or listens)")
+
+    def _adopt_socket(self, sock: socket.socket) -> None:
+        unused, self.socket = self.socket, sock
+        unused.close()
+        self.address_family = sock.family
+        self._adopted = True
+        if sock.type == socket.SOCK_DGRAM and sock.gettimeout() is None:
+            # Service managers pass O_NONBLOCK sockets; handlers reply on a datagram server's
+            # socket with sendto(), which must block as it does on a socket we made.
+            sock.setblocking(True)
 
     # -------------------------------------------------------------- reactor hooks
     _listener_nonblocking = False
@@ -295,8 +331,9 @@ class UnixStreamServer(TCPServer):
     _socket_inode: int | None = None
 
     def server_bind(self) -> None:
-        self._socket_inode = bind_unix(self.socket, self.server_address,
-                                       self.remove_stale_socket)
+        if not self._adopted:  # from_socket(): the file is its binder's, never removed
+            self._socket_inode = bind_unix(self.socket, self.server_address,
+                                           self.remove_stale_socket)
         self.server_address = self.socket.getsockname()
 
     def server_close(self) -> None:
@@ -306,6 +343,17 @@ class UnixStreamServer(TCPServer):
 
 
 _TCP_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
+
+# (family, type) -> the library's class that serves such sockets, for from_socket()'s checks
+_SERVER_FOR: dict[tuple[int, int], str] = {
+    (socket.AF_INET, socket.SOCK_STREAM): "TCPServer",
+    (socket.AF_INET6, socket.SOCK_STREAM): "TCPServer",
+    (socket.AF_INET, socket.SOCK_DGRAM): "UDPServer",
+    (socket.AF_INET6, socket.SOCK_DGRAM): "UDPServer",
+}
+if hasattr(socket, "AF_UNIX"):
+    _SERVER_FOR[socket.AF_UNIX, socket.SOCK_STREAM] = "UnixStreamServer"
+    _SERVER_FOR[socket.AF_UNIX, socket.SOCK_DGRAM] = "UnixDatagramServer"
 
 
 def _is_ipv6_literal(address: Any) -> bool:

@@ -107,8 +107,9 @@ class UnixDatagramServer(UDPServer):
     _socket_inode: int | None = None
 
     def server_bind(self) -> None:
-        self._socket_inode = bind_unix(self.socket, self.server_address,
-                                       self.remove_stale_socket)
+        if not self._adopted:  # from_socket(): the file is its binder's, never removed
+            self._socket_inode = bind_unix(self.socket, self.server_address,
+                                           self.remove_stale_socket)
         self.server_address = self.socket.getsockname()
 
     def server_close(self) -> None:
