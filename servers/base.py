@@ -94,7 +94,7 @@ class BaseServer:
     _episode_logged = False  # an accept-error episode has been logged
     _drain_timer: Any = None
     _backoff_timer: Any = None
-    _staged_entries: dict[Any, RequestEntry] | None = None  # request -> entry, during its stages
+    _staged_entries: dict[int, RequestEntry] | None = None  # fd -> entry, during its stages
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address = server_address
@@ -442,10 +442,13 @@ class BaseServer:
     def _dispatch_request(self, request: Any, client_address: Any) -> None:
         """`process_request()` under the standard error handling. A staged entry that an
         overridden `process_request()` did not adopt leaves the table now."""
+        fd = self._request_fd(request) if self._staged_entries else -1
         self._guarded(self.process_request, request, client_address)
         staged = self._staged_entries
-        if staged and request in staged:
-            entry = staged.pop(request)
+        if staged and fd >= 0:
+            entry = staged.pop(fd, None)
+            if entry is None:
+                return
             if self._reactor is not None:
                 self._reactor.close_request(entry)
             self._request_closed(entry)
@@ -456,7 +459,7 @@ class BaseServer:
         entry = self._open_entry(request, client_address)
         if self._staged_entries is None:
             self._staged_entries = {}
-        self._staged_entries[request] = entry
+        self._staged_entries[entry.fd] = entry  # by descriptor: a TLS wrap keeps it
         return entry
 
     def _guarded(self, hook: Callable[[Any, Any], Any], request: Any,
@@ -492,8 +495,11 @@ class BaseServer:
 
     def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
         staged = self._staged_entries
-        if staged and request in staged:
-            return staged.pop(request)  # its stages are over: the same entry goes on
+        if staged:
+            adopted = staged.pop(self._request_fd(request), None)
+            if adopted is not None:
+                adopted.request = request  # TLS may have wrapped it meanwhile
+                return adopted  # its stages are over: the same entry goes on
         entry: RequestEntry = self._reactor.open_request(self, request, client_address,
                                            self._request_fd(request))
         self._in_flight[entry] = None
@@ -584,7 +590,7 @@ class BaseServer:
     def _abandon(self, entry: RequestEntry) -> None:
         """Close a request that has no task (in one of its stages) without running it."""
         if self._staged_entries:
-            self._staged_entries.pop(entry.request, None)
+            self._staged_entries.pop(entry.fd, None)
         if self._reactor is not None and entry.fd >= 0:
             self._reactor.forget(entry.fd)
         self.shutdown_request(entry.request)

@@ -336,8 +336,9 @@ def _inet_address(family: socket.AddressFamily, packed: bytes, port: int) -> Add
 
 _V2_COMMANDS: Final = {0x0: "LOCAL", 0x1: "PROXY"}
 # family nibble -> (socket family, bytes of the address block)
+_AF_UNIX: Final = getattr(socket, "AF_UNIX", None)  # None on platforms without Unix sockets
 _V2_FAMILIES: Final = {0x1: (socket.AF_INET, 12), 0x2: (socket.AF_INET6, 36),
-                       0x3: (socket.AF_UNIX, 216)}
+                       **({0x3: (_AF_UNIX, 216)} if _AF_UNIX is not None else {})}
 _V2_TRANSPORTS: Final = {0x1: socket.SOCK_STREAM, 0x2: socket.SOCK_DGRAM}
 
 
@@ -392,7 +393,7 @@ def _v2_family(byte: int) -> tuple[socket.AddressFamily, socket.SocketKind | Non
 
 
 def _v2_addresses(family: socket.AddressFamily, block: bytes) -> tuple[Address, Address]:
-    if family == socket.AF_UNIX:
+    if family == _AF_UNIX:
         return _unix_address(block[:108]), _unix_address(block[108:])
     size = 4 if family == socket.AF_INET else 16
     source_port, destination_port = struct.unpack("!HH", block[2 * size:])

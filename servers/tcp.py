@@ -22,7 +22,9 @@ from handlers.transport import SocketTransport, TLSTransport, Transport, tls_of
 from reactor import Stage
 
 from . import tls as tls_stage
-from .base import BaseServer, logger
+from .base import BaseServer
+from .proxy import ACCEPT_VALUES, DEFAULT_TRUSTED_NETWORKS, ProxyInfo, ProxyTrust
+from .stages import Admission
 from .unix import bind_unix, remove_if_ours
 
 __all__ = ["TCPServer", "UnixStreamServer"]
@@ -42,6 +44,16 @@ class TCPServer(BaseServer):
             line. It also bounds the handshake of a listening socket wrapped by a standard-
             library recipe (`server.socket = ctx.wrap_socket(server.socket, ...)`), which
             here never runs inside `accept()` on the loop.
+
+    PROXY protocol attributes (stream servers; see docs/proxy.md):
+        proxy_protocol: None (default), "v1", "v2" or "any": every connection must then start
+            with a PROXY header of that version, read and checked on the reactor before the
+            handler runs; `client_address` becomes the real client's, and the handler's
+            `self.proxy` holds the header (`servers.proxy.ProxyInfo`).
+        proxy_trusted: networks allowed to send a header (CIDR strings or `ipaddress`
+            networks); loopback only by default. Unix socket peers are always trusted.
+        proxy_header_timeout: seconds for the whole header to arrive.
+        proxy_header_max_size: the largest v2 header accepted, in bytes.
     """
 
     address_family: int = socket.AF_INET
@@ -58,6 +70,12 @@ class TCPServer(BaseServer):
     #: True in the threading/forking combinations: the thread or child completes the
     #: handshake (its CPU is then not the loop's); a plain server's reactor drives it.
     _handshake_in_worker = False
+    proxy_protocol: str | None = None
+    proxy_trusted: Any = DEFAULT_TRUSTED_NETWORKS
+    proxy_header_timeout: float | None = 5.0
+    proxy_header_max_size: int = 4096
+    _proxy_headers: dict[Any, ProxyInfo] | None = None  # request -> its PROXY header
+    _trust_cache: tuple[Any, ProxyTrust] | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any],
                  bind_and_activate: bool = True) -> None:
@@ -124,6 +142,8 @@ class TCPServer(BaseServer):
         tls = tls_of(request)
         if tls is not None:
             tls_stage.send_close_notify(tls)
+        if self._proxy_headers:
+            self._proxy_headers.pop(request, None)
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:
@@ -132,6 +152,8 @@ class TCPServer(BaseServer):
 
     def close_request(self, request: Any) -> None:
         """Close the connection's socket."""
+        if self._proxy_headers:
+            self._proxy_headers.pop(request, None)
         request.close()
 
     # -------------------------------------------------------------- from_socket() hooks
@@ -170,6 +192,10 @@ class TCPServer(BaseServer):
     _listener_nonblocking = False
 
     def _prepare_listener(self) -> None:
+        if self.proxy_protocol not in (None, *ACCEPT_VALUES):
+            raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'any', not "
+                             f"{self.proxy_protocol!r}")
+        self._proxy_trust()  # a malformed proxy_trusted network fails now, not per connection
         if self.socket.gettimeout() is None:
             os.set_blocking(self.socket.fileno(), False)
             self._listener_nonblocking = True
@@ -203,36 +229,36 @@ class TCPServer(BaseServer):
 
     # ---------------------------------------------------- stages before the handler runs
     def _admit_request(self, request: Any, client_address: Any) -> None:
-        context = self.ssl_context  # the value current now: rotation takes effect per accept
-        if context is not None and tls_of(request) is None:
-            try:
-                request = tls_stage.wrap_accepted(context, request)
-            except (OSError, ValueError) as exc:
-                logger.warning("%s: cannot start TLS with %s: %s", self._name(),
-                               client_address, exc)
-                self.shutdown_request(request)
-                return
-        tls = tls_of(request)
-        if tls is not None and tls_stage.handshake_pending(tls) and \
-                not self._handshake_in_worker and self._reactor is not None:
-            entry = self._stage_entry(request, client_address)
-            entry.move_to(Stage.HANDSHAKING)
-            tls_stage.ReactorHandshake(self._reactor, entry, self.ssl_handshake_timeout,
-                                       self._name(), self._after_handshake,
-                                       self._abandon).start()
+        if self._reactor is None or not self._has_stages(request):
+            self._dispatch_request(request, client_address)  # the hot path: nothing to do
             return
-        if self.read_ahead is not None and self._can_read_ahead(request):
-            self._start_read_ahead(self._stage_entry(request, client_address))
-            return
-        self._dispatch_request(request, client_address)
+        Admission(self, self._stage_entry(request, client_address)).start()
 
-    def _after_handshake(self, entry: Any) -> None:
-        request = entry.request
-        request.setblocking(True)  # as accept() gives it; async handlers switch it back
+    def _has_stages(self, request: Any) -> bool:
+        if self.proxy_protocol is not None or self.ssl_context is not None:
+            return True
         if self.read_ahead is not None and self._can_read_ahead(request):
-            self._start_read_ahead(entry)
-        else:
-            self._dispatch_request(request, entry.client_address)
+            return True
+        tls = tls_of(request)  # a standard-library recipe wrapped it
+        return tls is not None and tls_stage.handshake_pending(tls) and \
+            not self._handshake_in_worker
+
+    def proxy_header(self, request: Any) -> ProxyInfo | None:
+        """The PROXY protocol header that `request` started with (None without one); the
+        handler's `self.proxy` asks this."""
+        return self._proxy_headers.get(request) if self._proxy_headers else None
+
+    def _remember_proxy_header(self, request: Any, info: ProxyInfo) -> None:
+        if self._proxy_headers is None:
+            self._proxy_headers = {}
+        self._proxy_headers[request] = info
+
+    def _proxy_trust(self) -> ProxyTrust:
+        networks = self.proxy_trusted
+        cached = self._trust_cache
+        if cached is None or cached[0] is not networks:
+            cached = self._trust_cache = (networks, ProxyTrust(networks))
+        return cached[1]
 
     def _complete_handshake(self, request: Any, client_address: Any) -> bool:
         tls = tls_of(request)
@@ -255,70 +281,6 @@ class TCPServer(BaseServer):
             return False
         tls = tls_of(request)  # a TLS handshake left to a worker must come first
         return tls is None or not tls_stage.handshake_pending(tls)
-
-    def _start_read_ahead(self, entry: Any) -> None:
-        entry.move_to(Stage.READING_AHEAD)
-        timer = self._reactor.call_later(self.read_ahead_timeout, self._read_ahead_expired,
-                                         entry)
-        self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
-
-    def _read_ahead_ready(self, entry: Any, timer: Any, low_water: int = 0) -> None:
-        request = entry.request
-        if tls_of(request) is not None:
-            # Encrypted bytes cannot be peeked at: a readable socket means the first record
-            # of the request has arrived, which is as far as read-ahead can see.
-            self._read_ahead_done(entry, timer, 0)
-            return
-        limit = self.read_ahead_limit
-        try:
-            peeked = request.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            peeked = b""  # the handler will meet the error itself
-        if peeked and len(peeked) < limit and self.read_ahead not in peeked and \
-                not 0 < len(peeked) < low_water:  # woken with nothing new: EOF or an error
-            self._read_ahead_wait_for_more(entry, timer, len(peeked))
-            return
-        self._read_ahead_done(entry, timer, low_water)
-
-    def _read_ahead_done(self, entry: Any, timer: Any, low_water: int) -> None:
-        timer.cancel()
-        self._reactor.forget(entry.fd)
-        if low_water:
-            try:
-                entry.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            except OSError:
-                pass  # the handler will meet the error itself
-        self._dispatch_request(entry.request, entry.client_address)  # adopts the entry
-
-    def _read_ahead_wait_for_more(self, entry: Any, timer: Any, buffered: int) -> None:
-        """The peeked bytes stay in the socket, which therefore stays readable: wake again
-        only once more arrive, so that a client that dribbles cannot spin the loop. TCP has a
-        receive low-water mark for that; elsewhere (Unix sockets) look again a little later."""
-        request = entry.request
-        if request.family in (socket.AF_INET, socket.AF_INET6) and \
-                hasattr(socket, "SO_RCVLOWAT"):
-            try:
-                request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, buffered + 1)
-            except OSError:
-                pass
-            else:
-                self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer,
-                                         buffered + 1)
-                return
-        self._reactor.remove_reader(entry.fd)
-        self._reactor.call_later(self.read_ahead_recheck, self._read_ahead_recheck, entry,
-                                 timer)
-
-    def _read_ahead_recheck(self, entry: Any, timer: Any) -> None:
-        if entry.stage is Stage.READING_AHEAD and self._reactor is not None:
-            self._reactor.add_reader(entry.fd, self._read_ahead_ready, entry, timer)
-
-    def _read_ahead_expired(self, entry: Any) -> None:
-        logger.info("%s: no complete request from %s within read_ahead_timeout=%ss; closing",
-                    self._name(), entry.client_address, self.read_ahead_timeout)
-        self._abandon(entry)
 
 
 class UnixStreamServer(TCPServer):
