@@ -387,7 +387,9 @@ class BaseServer:
             self.__shutdown_request = False
             self.__is_shut_down.set()
         elif reactor is not None:
-            reactor.call_soon(lambda: None)  # make the serving loop look at its predicate
+            # Wakes a loop sleeping in select() too: shutdown() may come from a signal.signal()
+            # handler, which runs while select() waits (PEP 475 resumes the wait after it).
+            reactor.call_soon_threadsafe(lambda: None)
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
