@@ -25,6 +25,7 @@ from typing import Any, Callable, Coroutine, Final, final
 from .clock import Clock, MonotonicClock
 from .errors import Cancelled, ClosedResourceError, ReactorError
 from .interest import InterestTable
+from .listener import Listener
 from .requests import RequestEntry, RequestTable, Stage
 from .tasks import Task
 from .timers import TimerHandle, TimerQueue
@@ -132,7 +133,8 @@ class Reactor:
     def register(self, server: Any) -> None:
         """Serve `server` on this loop.
 
-        Servers of this library attach themselves. Any other object with `fileno()` (a server
+        Servers of this library are `reactor.Listener`s and attach themselves. Any other
+        object with `fileno()` (a server
         of the standard library's `socketserver`, for example) is run the classic way: when
         its descriptor is readable the loop calls its `_handle_request_noblock()` (or
         `handle_request()`), and its `service_actions()` once per turn.
@@ -140,9 +142,8 @@ class Reactor:
         self._check_open()
         if server in self._listeners:
             raise ReactorError(f"{server!r} is already registered on this reactor")
-        attach = getattr(server, "attach", None)
-        if callable(attach):
-            attach(self)
+        if isinstance(server, Listener):
+            server.attach(self)
         else:
             serve_one = getattr(server, "_handle_request_noblock", None) or server.handle_request
             self.add_reader(server.fileno(), serve_one)
@@ -158,9 +159,8 @@ class Reactor:
             return
         self._listeners.remove(server)
         self._service_actions = [(s, a) for s, a in self._service_actions if s is not server]
-        detach = getattr(server, "detach", None)
-        if callable(detach):
-            detach(self)
+        if isinstance(server, Listener):
+            server.detach(self)
         else:
             try:
                 self.remove_reader(server.fileno())
@@ -474,9 +474,8 @@ class Reactor:
 
     def _begin_shutdown(self) -> None:
         for server in list(self._listeners):
-            begin = getattr(server, "begin_shutdown", None)
-            if callable(begin):
-                begin()
+            if isinstance(server, Listener):
+                server.begin_shutdown()
             else:
                 self.unregister(server)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import reactor
 from reactor import ClosedResourceError, Reactor, ReactorError
 
 
@@ -150,7 +151,11 @@ def test_an_object_with_attach_and_detach_attaches_itself(loop: Reactor) -> None
         def detach(self, r: Reactor) -> None:
             calls.append(("detach", r))
 
+        def begin_shutdown(self) -> None:
+            calls.append(("begin_shutdown", None))
+
     component = Component()
+    assert isinstance(component, reactor.Listener)
     loop.register(component)
     loop.unregister(component)
     assert calls == [("attach", loop), ("detach", loop)]

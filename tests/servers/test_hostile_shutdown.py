@@ -17,7 +17,7 @@ import reactor
 import servers
 from test_hostile_support import (
     ClientProcess, Reply, client, in_thread, listening, needs_fork, on_loop, on_reactor, pump,
-    server_records)
+    serve_in_thread, server_records)
 
 REPLY_SIZE = 100_000  # larger than one send: replies are still queued when shutdown starts
 
@@ -162,8 +162,7 @@ def test_threading_shutdown_under_load_loses_nothing_and_joins_every_thread(
     count = 100
     server = type("S", (servers.ThreadingTCPServer,), {"request_queue_size": 256})(
         ("127.0.0.1", 0), Classic if style == "classic" else Async)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
+    thread = serve_in_thread(server)
     try:
         socks = [client(server.server_address) for _ in range(count)]
         for i, sock in enumerate(socks):

@@ -155,14 +155,31 @@ def in_thread(handler: type, server_class: type = servers.ThreadingTCPServer,
               address: Any = (HOST, 0), **attrs: Any) -> Iterator[Any]:
     """`serve_forever()` in a thread; shut down and closed on exit."""
     server = type("HostileServer", (server_class,), attrs)(address, handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="hostile-serve")
-    thread.start()
+    thread = serve_in_thread(server)
     try:
         yield server
     finally:
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+def serve_in_thread(server: Any, poll_interval: float = 0.05) -> threading.Thread:
+    """Start `serve_forever()` in a thread and return once its loop has turned (so that
+    `server.reactor` exists for `on_loop()`)."""
+    turning = threading.Event()
+    actions = server.service_actions
+
+    def first_turns() -> None:
+        turning.set()
+        actions()
+
+    server.service_actions = first_turns  # the loop picks it up when it registers the server
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,),
+                              name="hostile-serve")
+    thread.start()
+    assert turning.wait(10), "serve_forever() did not start turning"
+    return thread
 
 
 def on_loop(server: Any, fn: Callable[[], Any]) -> Any:
