@@ -1130,7 +1130,7 @@ class Runner:
                 rec["note"] = (rec.get("note", "") + " needed SIGKILL to stop").strip()
         recs[-1]["stderr"] = stderr
         if stderr:
-            recs[-1]["stderr_log"] = str(srv.log_path.relative_to(REPO_ROOT))
+            recs[-1]["stderr_log"] = _shown(srv.log_path)
         else:
             try:
                 srv.log_path.unlink()
@@ -1138,6 +1138,14 @@ class Runner:
                 pass
         time.sleep(s.settle)
         return recs
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (--out may be elsewhere)."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _stderr_tail(text: str, lines: int = 6) -> str:
@@ -1578,7 +1586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / f"raw-{stamp}.jsonl"
-    log(f"[run] python {pyver} ({python}); raw figures -> {raw_path.relative_to(REPO_ROOT)}")
+    log(f"[run] python {pyver} ({python}); raw figures -> {_shown(raw_path)}")
     runner = Runner(settings)
     with open(raw_path, "w") as fh:
         fh.write(json.dumps(meta) + "\n")
@@ -1595,7 +1603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings.log_dir.rmdir()  # only succeeds when no log was kept
     except OSError:
-        log(f"[run] subject stderr logs kept in {settings.log_dir.relative_to(REPO_ROOT)}")
+        log(f"[run] subject stderr logs kept in {_shown(settings.log_dir)}")
     log(f"[run] wrote {raw_path.name}, summary-{stamp}.txt, chart-{stamp}-rps.svg, "
         f"chart-{stamp}-cpu.svg in {out_dir}")
     if smoke:
