@@ -551,14 +551,24 @@ class NagleTests(unittest.TestCase):
                           if isinstance(o, subj_asyncio.EchoProtocol) and o.transport]
             transports += [o.transport for o in gc.get_objects()
                            if isinstance(o, asyncio.StreamWriter)]
-            socks = [t.get_extra_info("socket") for t in transports if not t.is_closing()]
-            peers = [sk for sk in socks if sk.getpeername() == client.getsockname()]
-            self.assertEqual(len(peers), 1, socks)
-            return [sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sk in peers]
+            live = [t for t in transports if not t.is_closing()]
+            mine = [t for t in live
+                    if t.get_extra_info("socket").getpeername() == client.getsockname()]
+            self.assertEqual(len(mine), 1, live)
+            nodelay = [t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                             socket.TCP_NODELAY) for t in mine]
+            for transport in mine:
+                transport.close()
+            return nodelay
         finally:
             client.close()
             server.close()
-            loop.run_until_complete(server.wait_closed())
+
+            async def settle() -> None:  # let the closes run their callbacks
+                for _ in range(3):
+                    await asyncio.sleep(0)
+
+            loop.run_until_complete(settle())
 
     def test_asyncio_subjects_set_tcp_nodelay(self) -> None:
         for kind in ("asyncio-streams", "asyncio-protocol"):
