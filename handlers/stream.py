@@ -86,6 +86,13 @@ class StreamRequestHandler(BaseRequestHandler):
         `cipher()`, `selected_alpn_protocol()`, `getpeercert()`), else None."""
         return tls_of(getattr(self, "connection", self.request))
 
+    @property
+    def proxy(self) -> Any:
+        """The PROXY protocol header the connection started with (a `servers.proxy.ProxyInfo`:
+        version, source, destination, the immediate peer, TLVs), or None without one."""
+        lookup = getattr(self.server, "proxy_header", None)
+        return lookup(self.request) if callable(lookup) else None
+
     def setup(self) -> Any:
         self.connection = self.request
         connection = self.connection

@@ -541,13 +541,22 @@ class Reactor:
         resume it with at once (a closed descriptor, an unknown trap)."""
         kind = type(trap)
         if kind is WaitReadable or kind is WaitWritable:
+            interest = self._interest
+            other = interest.reader_of(trap.fd) if kind is WaitReadable else \
+                interest.writer_of(trap.fd)
+            if other is not None and other is not task and type(other) is Task:
+                # Two tasks reading (or writing) one descriptor would steal each other's
+                # wake-ups: the second is refused, the first keeps waiting.
+                return ReactorError(
+                    f"descriptor {trap.fd} is already awaited by {other!r}; one task at a time "
+                    "may wait to {} it".format("read" if kind is WaitReadable else "write"))
             try:
                 if kind is WaitReadable:
-                    self._interest.set_reader(trap.fd, task)
+                    interest.set_reader(trap.fd, task)
                 else:
-                    self._interest.set_writer(trap.fd, task)
+                    interest.set_writer(trap.fd, task)
             except (OSError, ValueError) as exc:  # a closed or invalid descriptor
-                self._interest.forget(trap.fd)
+                interest.forget(trap.fd)
                 return exc
             if trap.timeout is not None:
                 self._arm_deadline(task, self._now() + trap.timeout)

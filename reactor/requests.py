@@ -23,6 +23,8 @@ class Stage(enum.Enum):
     """Where a request is in its life."""
 
     ACCEPTED = "accepted"          # returned by get_request(), not yet dispatched
+    PROXY_HEADER = "proxy-header"  # its PROXY protocol header is being read
+    HANDSHAKING = "handshaking"    # its TLS handshake is under way on the reactor
     READING_AHEAD = "reading-ahead"  # held until its first request has arrived (classic handlers)
     RUNNING = "running"            # its handler is executing on the reactor thread right now
     WAITING = "waiting"            # its coroutine is parked on a trap (readable, writable, timer)
@@ -32,7 +34,12 @@ class Stage(enum.Enum):
 
 
 NEXT_STAGES: Final[Mapping[Stage, frozenset[Stage]]] = types.MappingProxyType({
-    Stage.ACCEPTED: frozenset({Stage.READING_AHEAD, Stage.RUNNING, Stage.OFFLOADED, Stage.CLOSING}),
+    Stage.ACCEPTED: frozenset({Stage.PROXY_HEADER, Stage.HANDSHAKING, Stage.READING_AHEAD,
+                               Stage.RUNNING, Stage.OFFLOADED, Stage.CLOSING}),
+    Stage.PROXY_HEADER: frozenset({Stage.HANDSHAKING, Stage.READING_AHEAD, Stage.RUNNING,
+                                   Stage.OFFLOADED, Stage.CLOSING}),
+    Stage.HANDSHAKING: frozenset({Stage.READING_AHEAD, Stage.RUNNING, Stage.OFFLOADED,
+                                  Stage.CLOSING}),
     Stage.READING_AHEAD: frozenset({Stage.RUNNING, Stage.OFFLOADED, Stage.CLOSING}),
     Stage.RUNNING: frozenset({Stage.WAITING, Stage.CLOSING}),
     Stage.WAITING: frozenset({Stage.RUNNING, Stage.CLOSING}),

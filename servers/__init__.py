@@ -5,6 +5,8 @@ standard module, with the same defaults. Servers are components of a `reactor.Re
 `server.serve_forever()` runs a private reactor with that one server on it, and
 `Reactor.register(server)` puts several servers on one loop. A handler whose `handle()` is
 `async def` runs as a task in the reactor's request table, thousands at once on one thread.
+Beyond the standard names (and so outside `__all__`): `listen_fds()` and the `systemd` module
+(sockets from a service manager, readiness notifications), `Server.from_socket()`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHa
 
 from .base import BaseServer
 from .mixins import ForkingMixIn, ThreadingMixIn
+from .systemd import listen_fds
 from .tcp import TCPServer, UnixStreamServer
 from .udp import UDPServer, UnixDatagramServer
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, TypeVar
 
 import handlers
 import reactor as reactor_pkg
@@ -36,6 +37,7 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 
 
 _FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
+_ServerT = TypeVar("_ServerT", bound="BaseServer")
 
 
 def _async_request_done(task: Any) -> None:
@@ -92,6 +94,7 @@ class BaseServer:
     _episode_logged = False  # an accept-error episode has been logged
     _drain_timer: Any = None
     _backoff_timer: Any = None
+    _staged_entries: dict[int, RequestEntry] | None = None  # fd -> entry, during its stages
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address = server_address
@@ -105,6 +108,40 @@ class BaseServer:
         """The `reactor.Reactor` this server is registered on (its private one while
         `serve_forever()`/`handle_request()` run), or None."""
         return self._reactor
+
+    @classmethod
+    def from_socket(cls: type[_ServerT], sock: socket.socket,
+                    RequestHandlerClass: Callable[..., Any]) -> _ServerT:
+        """A server on `sock`, a socket already bound (and, for a stream server, listening):
+        one a service manager passed (`servers.systemd.listen_fds()`), or one made by the
+        caller. Connections already waiting on it are served once the server runs.
+
+        The server never binds or listens: the constructor runs with
+        `bind_and_activate=False`, then `server_bind()` and `server_activate()` run as usual,
+        so that subclasses that set themselves up there (`http.server.HTTPServer`) work, but
+        the library's own versions leave the socket as it is. `server_address` is
+        `sock.getsockname()` and `address_family` is `sock.family`. The server then owns
+        `sock`: `server_close()` closes it, but never removes a Unix socket's file (it belongs
+        to whoever bound it).
+
+        Raises:
+            TypeError: this class cannot serve such a socket (a datagram socket for a stream
+                server, an AF_UNIX socket for `TCPServer`, ...); the message names the class
+                that can. `sock` is left as it was.
+            ValueError: `sock` is not bound, or a stream socket is not listening. `sock` is
+                left as it was.
+        """
+        cls._check_adoptable(sock)
+        server = cls(sock.getsockname(), RequestHandlerClass,
+                     bind_and_activate=False)  # type: ignore[call-arg]
+        server._adopt_socket(sock)
+        try:
+            server.server_bind()  # type: ignore[attr-defined]
+            server.server_activate()
+        except BaseException:
+            server.server_close()
+            raise
+        return server
 
     # ------------------------------------------------------------ standard hooks
     def server_activate(self) -> None:
@@ -136,7 +173,8 @@ class BaseServer:
         owned_by_task = False
         try:
             entry.stage = Stage.RUNNING
-            with handlers.deferred_start(reactor, entry) as deferred:
+            with handlers.deferred_start(reactor, entry,
+                                         self._transport_for(request)) as deferred:
                 self.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
@@ -349,7 +387,9 @@ class BaseServer:
             self.__shutdown_request = False
             self.__is_shut_down.set()
         elif reactor is not None:
-            reactor.call_soon(lambda: None)  # make the serving loop look at its predicate
+            # Wakes a loop sleeping in select() too: shutdown() may come from a signal.signal()
+            # handler, which runs while select() waits (PEP 475 resumes the wait after it).
+            reactor.call_soon_threadsafe(lambda: None)
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
@@ -392,10 +432,37 @@ class BaseServer:
             return
         if not verdict:
             self.shutdown_request(request)
-        elif self.read_ahead is not None and self._can_read_ahead(request):
-            self._start_read_ahead(request, client_address)
         else:
-            self._guarded(self.process_request, request, client_address)
+            self._admit_request(request, client_address)
+
+    def _admit_request(self, request: Any, client_address: Any) -> None:
+        """Run the work due before the handler (stream servers: TLS handshake, read-ahead),
+        then dispatch. Those stages live on one table entry, which `process_request()` then
+        adopts (same id, same age)."""
+        self._dispatch_request(request, client_address)
+
+    def _dispatch_request(self, request: Any, client_address: Any) -> None:
+        """`process_request()` under the standard error handling. A staged entry that an
+        overridden `process_request()` did not adopt leaves the table now."""
+        fd = self._request_fd(request) if self._staged_entries else -1
+        self._guarded(self.process_request, request, client_address)
+        staged = self._staged_entries
+        if staged and fd >= 0:
+            entry = staged.pop(fd, None)
+            if entry is None:
+                return
+            if self._reactor is not None:
+                self._reactor.close_request(entry)
+            self._request_closed(entry)
+
+    def _stage_entry(self, request: Any, client_address: Any) -> RequestEntry:
+        """Open the table entry of a request that has work to do before its handler runs;
+        `process_request()` adopts it later through `_open_entry()`."""
+        entry = self._open_entry(request, client_address)
+        if self._staged_entries is None:
+            self._staged_entries = {}
+        self._staged_entries[entry.fd] = entry  # by descriptor: a TLS wrap keeps it
+        return entry
 
     def _guarded(self, hook: Callable[[Any, Any], Any], request: Any,
                  client_address: Any) -> Any:
@@ -429,6 +496,12 @@ class BaseServer:
         self._maybe_resume_accepting()
 
     def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
+        staged = self._staged_entries
+        if staged:
+            adopted = staged.pop(self._request_fd(request), None)
+            if adopted is not None:
+                adopted.request = request  # TLS may have wrapped it meanwhile
+                return adopted  # its stages are over: the same entry goes on
         entry: RequestEntry = self._reactor.open_request(self, request, client_address,
                                            self._request_fd(request))
         self._in_flight[entry] = None
@@ -517,21 +590,37 @@ class BaseServer:
         self.shutdown_request(request)
 
     def _abandon(self, entry: RequestEntry) -> None:
-        """Close a request that has no task (held for read-ahead) without running it."""
+        """Close a request that has no task (in one of its stages) without running it."""
+        if self._staged_entries:
+            self._staged_entries.pop(entry.fd, None)
         if self._reactor is not None and entry.fd >= 0:
             self._reactor.forget(entry.fd)
         self.shutdown_request(entry.request)
         self._reactor.close_request(entry)
         self._request_closed(entry)
 
-    # --- read-ahead (classic handlers): hold a connection until its first request is in
-    def _can_read_ahead(self, request: Any) -> bool:
-        return False
-
-    def _start_read_ahead(self, request: Any, client_address: Any) -> None:
-        raise NotImplementedError  # pragma: no cover - stream servers implement it
-
     # --- socket-facing hooks the concrete servers provide
+    def _complete_handshake(self, request: Any, client_address: Any) -> bool:
+        """In a thread or a child, before the handler: finish what the reactor left to the
+        worker (a TLS handshake). False: the request failed (logged) and must be shut down."""
+        return True
+
+    def _transport_for(self, request: Any) -> Any:
+        """The `handlers.transport.Transport` an async handler on the reactor reads and
+        writes through (stream servers choose it), or None."""
+        return None
+
+    @classmethod
+    def _check_adoptable(cls, sock: socket.socket) -> None:
+        """Raise TypeError/ValueError unless `from_socket()` can serve `sock` with this class."""
+        raise TypeError(f"{cls.__name__} has no socket of its own; from_socket() makes socket "
+                        "servers: TCPServer, UDPServer, UnixStreamServer, UnixDatagramServer "
+                        "and their subclasses")
+
+    def _adopt_socket(self, sock: socket.socket) -> None:
+        """Serve on `sock` instead of the socket the constructor made (checked already)."""
+        raise NotImplementedError  # pragma: no cover - socket servers implement it
+
     def _prepare_listener(self) -> None:
         """Make the listening descriptor safe to poll (stream servers set O_NONBLOCK)."""
 

@@ -37,11 +37,11 @@ import reactor
 import servers
 from reactor import Stage
 
-from . import builtin
+from . import builtin, systemd
 from .base import BaseServer
 
-__all__ = ["main", "build_parser", "parse_bind", "load_handler", "handler_for", "is_async",
-           "server_class_for", "make_plans", "Bind", "Plan", "Run", "StopNow", "MODES",
+__all__ = ["main", "build_parser", "parse_bind", "take_inherited_binds", "load_handler",
+           "handler_for", "is_async", "server_class_for", "make_plans", "Bind", "Plan", "Run", "StopNow", "MODES",
            "SERVER_OPTIONS", "STOP_SIGNALS", "EPILOG"]
 
 logger = logging.getLogger("servers")
@@ -57,6 +57,7 @@ EPILOG = """\
 addresses (--bind, repeatable):
   tcp://HOST:PORT    udp://HOST:PORT    tcp://[::1]:PORT (IPv6 in brackets)
   unix:PATH          unixgram:PATH      unix:@NAME (Linux abstract socket)
+  systemd:NAME       fd:N               sockets passed by systemd (or another process)
   Port 0 picks a free port; the real address is printed at start.
 
 modes (--mode):
@@ -86,14 +87,17 @@ class Bind:
 
     Attributes:
         url: the text as given.
-        kind: "tcp", "udp", "unix" or "unixgram".
+        kind: "tcp", "udp", "unix" or "unixgram"; "systemd" and "fd" until
+            `take_inherited_binds()` replaces them.
         address: what the server class takes: `(host, port)` or a Unix path (a leading
-            NUL for an abstract socket).
+            NUL for an abstract socket); the name or descriptor of `systemd:`/`fd:`.
+        socket: an inherited socket to serve (`from_socket()`), or None: bind `address`.
     """
 
     url: str
     kind: str
     address: Any
+    socket: socket.socket | None = dataclasses.field(default=None, compare=False)
 
     @property
     def datagram(self) -> bool:
@@ -117,6 +121,16 @@ def parse_bind(text: str) -> Bind:
     scheme, sep, rest = text.partition(":")
     if sep and scheme in ("unix", "unixgram"):
         return Bind(text, scheme, _unix_path(rest, scheme))
+    if sep and scheme == "systemd":
+        if not rest:
+            raise ValueError("write systemd:NAME with the socket's name (its "
+                             "FileDescriptorName=, or else its .socket unit's name)")
+        return Bind(text, scheme, rest)
+    if sep and scheme == "fd":
+        if not (rest.isascii() and rest.isdigit()):
+            raise ValueError(f"write fd:N with N an inherited socket's descriptor number, "
+                             f"e.g. fd:3 (got {text!r})")
+        return Bind(text, scheme, int(rest))
     if sep and scheme in ("tcp", "udp"):
         raise ValueError(f"write {scheme}://{rest} (with //) instead of {text!r}")
     if "/" in text and ":" not in text:
@@ -155,6 +169,71 @@ def _unix_path(path: str, scheme: str) -> str:
     if path.startswith("@"):
         return "\0" + path[1:]
     return path
+
+
+# (family, type) -> the kind of address an inherited socket serves as
+_KIND_OF_SOCKET = {(socket.AF_INET, socket.SOCK_STREAM): "tcp",
+                   (socket.AF_INET6, socket.SOCK_STREAM): "tcp",
+                   (socket.AF_INET, socket.SOCK_DGRAM): "udp",
+                   (socket.AF_INET6, socket.SOCK_DGRAM): "udp"}
+if hasattr(socket, "AF_UNIX"):
+    _KIND_OF_SOCKET[socket.AF_UNIX, socket.SOCK_STREAM] = "unix"
+    _KIND_OF_SOCKET[socket.AF_UNIX, socket.SOCK_DGRAM] = "unixgram"
+
+
+def take_inherited_binds(binds: list[Bind]) -> list[Bind]:
+    """Replace each `systemd:NAME` with one bind per socket of that name the service manager
+    passed (`servers.systemd.take_inherited()`), and each `fd:N` with the socket on
+    descriptor N (passed that way or another); the kind is read from the socket. Passed
+    sockets that no bind names are logged (they stay open, unserved).
+
+    Raises:
+        ValueError: no such socket, a descriptor that is not a socket or is named twice, or a
+            kind of socket no server class serves; the message says what was passed.
+    """
+    if all(bind.kind not in ("systemd", "fd") for bind in binds):
+        return binds
+    passed = systemd.take_inherited()
+    taken: dict[int, str] = {}  # descriptor -> the --bind that took it
+    found = []
+    for bind in binds:
+        if bind.kind not in ("systemd", "fd"):
+            found.append(bind)
+            continue
+        for sock in _inherited_sockets(bind, passed, taken):
+            if sock.fileno() in taken:
+                raise ValueError(f"{bind.url} and {taken[sock.fileno()]} are the same socket; "
+                                 "bind it once")
+            taken[sock.fileno()] = bind.url
+            kind = _KIND_OF_SOCKET.get((sock.family, sock.type))
+            if kind is None:
+                raise ValueError(f"{bind.url} is a {sock.family.name}/{sock.type.name} socket; "
+                                 "the command line serves TCP, UDP and Unix sockets")
+            found.append(Bind(bind.url, kind, sock.getsockname(), sock))
+    for name, sock in passed:
+        if sock.fileno() not in taken:
+            logger.warning("socket %r (descriptor %d) was passed but no --bind names it; "
+                           "it is not served", name, sock.fileno())
+    return found
+
+
+def _inherited_sockets(bind: Bind, passed: list[tuple[str, socket.socket]],
+                       taken: dict[int, str]) -> list[socket.socket]:
+    if bind.kind == "systemd":
+        sockets = [sock for name, sock in passed if name == bind.address]
+        if not sockets and not passed:
+            raise ValueError(f"{bind.url}: no sockets were passed to this process; start it "
+                             "from a systemd .socket unit or with systemd-socket-activate")
+        if not sockets:
+            names = ", ".join(dict.fromkeys(name for name, _ in passed))
+            raise ValueError(f"{bind.url}: no socket named {bind.address!r} was passed to "
+                             f"this process (passed: {names})")
+        return sockets
+    if bind.address in taken:  # before wrapping it in a second socket object
+        raise ValueError(f"{bind.url} and {taken[bind.address]} are the same socket; bind it "
+                         "once")
+    passed_there = [sock for _, sock in passed if sock.fileno() == bind.address]
+    return passed_there or [systemd.socket_from_fd(bind.address)]
 
 
 # --------------------------------------------------------------------------- handlers
@@ -397,8 +476,10 @@ class Plan:
     mode: str
 
     def describe(self, url: str | None = None) -> str:
-        return (f"{self.handler_class.__name__} on {url or self.bind.url} "
-                f"({self.mode} mode)")
+        where = self.bind.url if url is None else url
+        if url is not None and self.bind.socket is not None:
+            where = f"{url} from {self.bind.url}"  # an inherited socket: say which
+        return f"{self.handler_class.__name__} on {where} ({self.mode} mode)"
 
 
 def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> list[Plan]:
@@ -408,7 +489,7 @@ def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> li
         error("give at least one address to serve on, e.g. --bind tcp://127.0.0.1:9000")
     try:
         handler = load_handler(args.handler)
-        binds = [parse_bind(text) for text in args.bind]
+        binds = take_inherited_binds([parse_bind(text) for text in args.bind])
         pairs = [(bind, handler_for(handler, bind)) for bind in binds]
     except ValueError as exc:
         error(str(exc))
@@ -478,9 +559,11 @@ class Run:
     loop return (`StopNow`); while closing it cuts off what is left.
     """
 
-    def __init__(self, loop: reactor.Reactor, servers: list[BaseServer]) -> None:
+    def __init__(self, loop: reactor.Reactor, servers: list[BaseServer],
+                 notifier: systemd.Notifier | None = None) -> None:
         self.loop = loop
         self.servers = servers
+        self.notifier = notifier
         self.deadline: float | None = None
         self.forced: int | None = None
         self.closing = False
@@ -502,6 +585,8 @@ class Run:
 
     def stop(self, signum: int) -> None:
         """The first stop signal (a reactor signal callback): start a graceful shutdown."""
+        if self.notifier is not None:
+            self.notifier.stopping()
         for each in STOP_SIGNALS:
             signal.signal(each, self._on_another_signal)
         timeout = max((float(getattr(s, "shutdown_timeout", 0.0)) for s in self.servers),
@@ -590,15 +675,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         started: list[BaseServer] = []
         try:
             for plan in plans:
-                started.append(plan.server_class(plan.bind.address, plan.handler_class))
+                server_class: type[BaseServer] = plan.server_class
+                if plan.bind.socket is not None:  # inherited: serve it as it is
+                    started.append(server_class.from_socket(plan.bind.socket,
+                                                            plan.handler_class))
+                else:
+                    started.append(server_class(plan.bind.address, plan.handler_class))
                 loop.register(started[-1])
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an inherited socket not listening
             for server in started:
                 server.server_close()
+            for each in plans[len(started):]:
+                if each.bind.socket is not None:
+                    each.bind.socket.close()
             print(f"{parser.prog}: error: cannot listen on {plan.bind.url}: {exc}",
                   file=sys.stderr)
             return 1
         for plan, server in zip(plans, started):
             print(f"serving {plan.describe(builtin.server_url(server))}", file=sys.stderr,
                   flush=True)
-        return Run(loop, started).serve()
+        notifier = systemd.Notifier(loop)  # where NOTIFY_SOCKET is set
+        loop.call_soon(notifier.ready)  # on the loop's first turn: every server accepts
+        return Run(loop, started, notifier).serve()

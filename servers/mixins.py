@@ -40,6 +40,7 @@ class ThreadingMixIn:
     daemon_threads = False
     block_on_close = True
     max_threads: int | None = 256
+    _handshake_in_worker = True  # TLS handshakes run in the request's thread
     _threads: Any = None
     _thread_count = 0
 
@@ -89,7 +90,10 @@ class ThreadingMixIn:
 
     def _thread_main(self, request: Any, client_address: Any, entry: Any, reactor: Any) -> None:
         try:
-            self.process_request_thread(request, client_address)
+            if self._complete_handshake(request, client_address):  # type: ignore[attr-defined]
+                self.process_request_thread(request, client_address)
+            else:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
         finally:
             if reactor is not None:
                 reactor.call_soon_threadsafe(self._thread_done, entry, threading.current_thread(),
@@ -132,6 +136,7 @@ class ForkingMixIn:
     active_children: set[int] | None = None
     max_children = 40
     block_on_close = True
+    _handshake_in_worker = True  # TLS handshakes run in the request's child
     _children: Any = None  # pid -> (entry, pidfd, reactor)
 
     def collect_children(self, *, blocking: bool = False) -> None:
@@ -170,8 +175,9 @@ class ForkingMixIn:
             return
         status = 1
         try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-            status = 0
+            if self._complete_handshake(request, client_address):  # type: ignore[attr-defined]
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+                status = 0
         except Exception:
             self._report_failure(request, client_address)  # type: ignore[attr-defined]
         finally:

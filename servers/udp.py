@@ -7,8 +7,10 @@ receives with MSG_DONTWAIT, so it can take a batch of datagrams per readiness ev
 
 from __future__ import annotations
 
+import inspect
 import socket
-from typing import Any
+import ssl
+from typing import Any, Callable
 
 from .tcp import TCPServer
 from .unix import bind_unix, remove_if_ours
@@ -21,12 +23,30 @@ class UDPServer(TCPServer):
 
     Attributes:
         max_packet_size: bytes read per datagram (longer ones are truncated by the kernel).
+        ssl_context: always None: the standard library has no DTLS, so setting one raises
+            ValueError.
     """
 
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
     socket_type: int = socket.SOCK_DGRAM
     max_packet_size: int = 8192
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any],
+                 bind_and_activate: bool = True) -> None:
+        declared = inspect.getattr_static(type(self), "ssl_context")
+        if not isinstance(declared, property) and declared is not None:
+            _refuse_tls(type(self).__name__)
+        TCPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return None
+
+    @ssl_context.setter
+    def ssl_context(self, value: ssl.SSLContext | None) -> None:
+        if value is not None:
+            _refuse_tls(type(self).__name__)
 
     def get_request(self) -> tuple[Any, Any]:
         """Receive one datagram: returns `((data, socket), client_address)`."""
@@ -66,6 +86,17 @@ class UDPServer(TCPServer):
     def _can_read_ahead(self, request: Any) -> bool:
         return False
 
+    def _admit_request(self, request: Any, client_address: Any) -> None:
+        self._dispatch_request(request, client_address)  # a datagram has no stages
+
+    def _transport_for(self, request: Any) -> Any:
+        return None  # a datagram handler has no stream
+
+
+def _refuse_tls(class_name: str) -> None:
+    raise ValueError(f"{class_name} cannot use ssl_context: TLS needs a stream socket and the "
+                     "standard library has no DTLS; use a TCP or Unix stream server for TLS")
+
 
 class UnixDatagramServer(UDPServer):
     """Same contract as `socketserver.UnixDatagramServer`, with the socket-file care of
@@ -76,8 +107,9 @@ class UnixDatagramServer(UDPServer):
     _socket_inode: int | None = None
 
     def server_bind(self) -> None:
-        self._socket_inode = bind_unix(self.socket, self.server_address,
-                                       self.remove_stale_socket)
+        if not self._adopted:  # from_socket(): the file is its binder's, never removed
+            self._socket_inode = bind_unix(self.socket, self.server_address,
+                                           self.remove_stale_socket)
         self.server_address = self.socket.getsockname()
 
     def server_close(self) -> None:

@@ -665,23 +665,41 @@ def test_context_manager_closes_on_error() -> None:
 
 
 def test_close_runs_the_finally_blocks_of_live_tasks(loop: Reactor, pair) -> None:
-    a, _ = pair
+    a, b = pair
     log: list[str] = []
 
-    async def waiter(name: str) -> None:
+    async def waiter(name: str, sock: socket.socket) -> None:
         try:
-            await reactor.wait(reactor.WaitReadable(a.fileno()))
+            await reactor.wait(reactor.WaitReadable(sock.fileno()))
         finally:
             log.append(name)
 
     entry = loop.open_request(object(), a, "peer", a.fileno())
-    loop.spawn(waiter("with-entry"), entry)
-    loop.spawn(waiter("without-entry"))
+    loop.spawn(waiter("with-entry", a), entry)
+    loop.spawn(waiter("without-entry", b))
     run_until_idle(loop)
     assert log == []
     loop.close()
     assert sorted(log) == ["with-entry", "without-entry"]
     assert len(loop.requests) == 0
+
+
+def test_a_second_task_waiting_on_the_same_descriptor_is_refused(loop: Reactor, pair) -> None:
+    a, b = pair
+
+    async def read_one() -> bytes:
+        await reactor.wait(reactor.WaitReadable(a.fileno()))
+        return a.recv(10)
+
+    first = loop.spawn(read_one())
+    second = loop.spawn(read_one())
+    run_until_idle(loop)
+    assert isinstance(second.error, reactor.ReactorError)
+    assert "already awaited" in str(second.error)
+    assert not first.done  # the first keeps its wait, and gets the data
+    b.send(b"hi")
+    run_until_idle(loop)
+    assert first.result == b"hi"
 
 
 def test_close_closes_tasks_that_never_started_without_warnings(loop: Reactor) -> None:
