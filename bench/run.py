@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark harness: our socket servers against stdlib, asyncio, uvloop and a bare loop.
 
+One file on purpose (about 1,600 lines): it runs as a plain script from a fresh clone, with
+no package to install, and its sections (subjects and workloads, setup, /proc accounting,
+subject processes, drivers, scheduling, report) are read in that order.
+
 Usage (from the repository root)::
 
     python bench/run.py                 # full run (~20-25 min): setup, R=5 repetitions
@@ -12,9 +16,11 @@ Usage (from the repository root)::
 What it does:
 
 1. Setup (skipped by ``--no-setup`` and ``--smoke``): a virtualenv in
-   ``bench/.venv`` with uvloop from PyPI (best effort), ``wrk`` from apt if
-   missing (best effort), and ``bench/build/loadgen`` compiled from
-   ``bench/loadgen.c`` (always, when out of date).
+   ``bench/.venv`` with uvloop from PyPI (best effort), ``wrk`` and
+   ``libssl-dev`` from apt if missing (best effort), and
+   ``bench/build/loadgen`` compiled from ``bench/loadgen.c`` (always, when out
+   of date; with TLS when OpenSSL is there).  The TLS workloads get a
+   throwaway certificate made by ``openssl`` in a temporary directory.
 2. Runs every applicable (workload, subject) pair, interleaved: for each
    repetition, for each workload, every subject once (A B C A B C ...).
    Each run starts a fresh server (``bench/subjects/subject.py``) pinned to
@@ -1472,13 +1478,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("What it does:")[0].split("Usage", 1)[1])
     p.add_argument("--smoke", action="store_true",
-                   help="CI check: every subject x workload once, ~0.3 s, few connections; "
+                   help="CI check: every subject x workload once, ~0.15 s, few connections; "
                         "non-zero exit on start failures or loadgen errors")
     p.add_argument("--subjects", help="comma-separated names or globs (e.g. 'ours-*,selectors')")
     p.add_argument("--workloads", help="comma-separated names or globs (e.g. 'echo-*')")
     p.add_argument("--repeat", type=int, help="repetitions (default 5; smoke 1)")
-    p.add_argument("--duration", type=float, help="measured seconds per run (default 2; smoke 0.2)")
-    p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5; smoke 0.1)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 2; smoke 0.1)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5; smoke 0.05)")
     p.add_argument("--size", type=int, default=64, help="echo line size in bytes (default 64)")
     p.add_argument("--python", help="interpreter for the subjects (default: this one); "
                                     "gets its own bench/.venv-X.Y")
@@ -1521,8 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         return report_only(args.report, args.out)
     smoke = args.smoke
-    duration = args.duration if args.duration is not None else (0.2 if smoke else 2.0)
-    warmup = args.warmup if args.warmup is not None else (0.1 if smoke else 0.5)
+    duration = args.duration if args.duration is not None else (0.1 if smoke else 2.0)
+    warmup = args.warmup if args.warmup is not None else (0.05 if smoke else 0.5)
     repeat = args.repeat if args.repeat is not None else (1 if smoke else 5)
     if repeat < 1 or duration <= 0 or warmup < 0:
         raise SystemExit("--repeat must be >= 1, --duration > 0, --warmup >= 0")
