@@ -11,6 +11,15 @@
  *   --unix PATH        Unix stream socket
  *   --udp HOST:PORT    UDP; each of the N sockets does ping-pong, lost
  *                      datagrams are re-sent after --udp-timeout ms.
+ *   --tls              (with --tcp or --unix) TLS 1.3 over the stream, via
+ *                      OpenSSL; the server's certificate is not verified
+ *                      (a loopback benchmark), no session resumption, so
+ *                      every connection does a full handshake.  Keep-alive
+ *                      runs do their handshakes before the barrier (outside
+ *                      the measured window); with --churn every request
+ *                      is connect + handshake + line + close_notify, so
+ *                      requests/s = handshakes/s.  Only when built with
+ *                      -DLOADGEN_TLS (see --version).
  *
  * Workload shape (stream transports):
  *   -c N               connections (or UDP sockets; churn concurrency)
@@ -32,6 +41,7 @@
  * (even with errors: read the JSON), 2 on usage errors, 1 on setup failure.
  *
  * Build: cc -O2 -Wall -Wextra -o loadgen loadgen.c
+ *   with TLS: cc -O2 -Wall -Wextra -DLOADGEN_TLS -o loadgen loadgen.c -lssl -lcrypto
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,9 +59,17 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#define HAVE_TLS 1
+#else
+#define HAVE_TLS 0
+typedef struct ssl_st SSL; /* opaque, never allocated without OpenSSL */
+#endif
 
 enum transport { T_TCP, T_UNIX, T_UDP };
-enum cstate { C_RETRY, C_CONNECTING, C_ACTIVE };
+enum cstate { C_RETRY, C_CONNECTING, C_HANDSHAKE, C_ACTIVE };
 /* P_RAMP: every connection does ONE request, then waits (barrier), so that
  *         a server whose accept loop starves under load still gets all N
  *         connections before the load starts.  Churn has no barrier.
@@ -78,6 +96,7 @@ struct config {
     double warmup;
     double ramp_timeout;
     double udp_timeout_ms;
+    int tls;
 };
 
 static struct config cfg = {
@@ -91,6 +110,7 @@ static struct config cfg = {
     .warmup = 0.5,
     .ramp_timeout = 10.0,
     .udp_timeout_ms = 200.0,
+    .tls = 0,
 };
 
 static struct sockaddr_storage peer;
@@ -109,6 +129,8 @@ struct counters {
     uint64_t connects;        /* successful connects */
     uint64_t udp_retries;     /* datagrams re-sent after a timeout */
     uint64_t udp_stale;       /* late duplicate replies to re-sent datagrams */
+    uint64_t handshakes;      /* TLS handshakes completed (overall) */
+    uint64_t handshake_errors; /* TLS handshakes that failed */
 };
 
 static struct counters ctr;
@@ -188,6 +210,7 @@ struct conn {
     uint64_t t_start;   /* batch sent (churn: connect started) */
     uint64_t t_resend;  /* UDP: last (re)send */
     uint64_t retry_at;  /* C_RETRY: when to reconnect */
+    SSL *ssl;           /* --tls: the connection's TLS state */
 };
 
 static struct conn *conns;
@@ -232,14 +255,52 @@ static void ep_set(struct conn *c, uint32_t events, int op)
     }
 }
 
-static void conn_close(struct conn *c)
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+
+static int tls_init(void)
 {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        return -1;
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return 0;
+}
+
+/* Send close_notify (once, without waiting for the peer's) and free. */
+static void tls_free(struct conn *c, int clean)
+{
+    if (clean)
+        SSL_shutdown(c->ssl);
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+}
+#else
+static int tls_init(void) { return -1; }
+static void tls_free(struct conn *c, int clean) { (void)clean; c->ssl = NULL; }
+#endif
+
+/* Close the socket; `clean` (TLS): say close_notify first. */
+static void conn_close_tls(struct conn *c, int clean)
+{
+    if (c->ssl)
+        tls_free(c, clean);
     if (c->fd >= 0) {
         close(c->fd); /* also removes it from the epoll set */
         c->fd = -1;
     }
     c->want_out = 0;
     c->batch_active = 0;
+}
+
+static void conn_close(struct conn *c)
+{
+    conn_close_tls(c, 0);
 }
 
 static void conn_schedule_retry(struct conn *c, uint64_t delay)
@@ -272,8 +333,46 @@ static void record_completion(struct conn *c, uint64_t n)
     }
 }
 
+static void want_out(struct conn *c, int on)
+{
+    if (c->want_out != on) {
+        c->want_out = on;
+        ep_set(c, on ? EPOLLIN | EPOLLOUT : EPOLLIN, EPOLL_CTL_MOD);
+    }
+}
+
+#ifdef LOADGEN_TLS
+static void tls_flush(struct conn *c)
+{
+    while (c->wpos < c->len) {
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->buf + c->wpos, (int)(c->len - c->wpos));
+        if (n > 0) {
+            c->wpos += (size_t)n;
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, n);
+        if (err == SSL_ERROR_WANT_WRITE) {
+            want_out(c, 1);
+            return;
+        }
+        if (err == SSL_ERROR_WANT_READ)
+            return; /* resumes on the next EPOLLIN (stream_read retries the write) */
+        conn_fail(c, &ctr.io_errors);
+        return;
+    }
+    want_out(c, 0);
+}
+#endif
+
 static void stream_flush(struct conn *c)
 {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        tls_flush(c);
+        return;
+    }
+#endif
     while (c->wpos < c->len) {
         ssize_t n = send(c->fd, c->buf + c->wpos, c->len - c->wpos, MSG_NOSIGNAL);
         if (n > 0) {
@@ -281,10 +380,7 @@ static void stream_flush(struct conn *c)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->want_out) {
-                c->want_out = 1;
-                ep_set(c, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
-            }
+            want_out(c, 1);
             return;
         }
         if (n < 0 && errno == EINTR)
@@ -292,10 +388,7 @@ static void stream_flush(struct conn *c)
         conn_fail(c, &ctr.io_errors);
         return;
     }
-    if (c->want_out) {
-        c->want_out = 0;
-        ep_set(c, EPOLLIN, EPOLL_CTL_MOD);
-    }
+    want_out(c, 0);
 }
 
 static void batch_start(struct conn *c)
@@ -318,6 +411,52 @@ static void batch_start(struct conn *c)
     stream_flush(c);
 }
 
+#ifdef LOADGEN_TLS
+/* Drive the handshake; on completion the connection starts its first batch. */
+static void tls_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        ctr.handshakes++;
+        c->state = C_ACTIVE;
+        want_out(c, 0);
+        batch_start(c);
+        return;
+    }
+    int err = SSL_get_error(c->ssl, r);
+    if (err == SSL_ERROR_WANT_READ) {
+        want_out(c, 0);
+        return;
+    }
+    if (err == SSL_ERROR_WANT_WRITE) {
+        want_out(c, 1);
+        return;
+    }
+    conn_fail(c, &ctr.handshake_errors);
+}
+#endif
+
+/* The socket is connected: start TLS (--tls) or the first batch. */
+static void conn_ready(struct conn *c)
+{
+#ifdef LOADGEN_TLS
+    if (cfg.tls) {
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) {
+            conn_fail(c, &ctr.handshake_errors);
+            return;
+        }
+        SSL_set_connect_state(c->ssl);
+        c->state = C_HANDSHAKE;
+        tls_handshake(c);
+        return;
+    }
+#endif
+    c->state = C_ACTIVE;
+    batch_start(c);
+}
+
 static void conn_open(struct conn *c)
 {
     int type = cfg.transport == T_UDP ? SOCK_DGRAM : SOCK_STREAM;
@@ -335,10 +474,9 @@ static void conn_open(struct conn *c)
         c->t_start = now_ns_cache;
     int r = connect(c->fd, (struct sockaddr *)&peer, peer_len);
     if (r == 0) {
-        c->state = C_ACTIVE;
         ctr.connects++;
         ep_set(c, EPOLLIN, EPOLL_CTL_ADD);
-        batch_start(c);
+        conn_ready(c);
     } else if (errno == EINPROGRESS) {
         c->state = C_CONNECTING;
         ep_set(c, EPOLLOUT, EPOLL_CTL_ADD);
@@ -358,14 +496,80 @@ static void on_connected(struct conn *c)
         conn_fail(c, &ctr.connect_errors);
         return;
     }
-    c->state = C_ACTIVE;
     ctr.connects++;
     ep_set(c, EPOLLIN, EPOLL_CTL_MOD);
-    batch_start(c);
+    conn_ready(c);
 }
+
+/* Check `got` reply bytes in rbuf; returns 0 once the socket was replaced/closed. */
+static int stream_consume(struct conn *c, size_t got)
+{
+    if (!c->batch_active || c->rpos + got > c->wpos ||
+        memcmp(rbuf, c->buf + c->rpos, got) != 0) {
+        conn_fail(c, &ctr.mismatches);
+        return 0;
+    }
+    size_t before = c->rpos / cfg.size;
+    c->rpos += got;
+    size_t after = c->rpos / cfg.size;
+    if (after > before)
+        record_completion(c, after - before);
+    if (c->rpos < c->len)
+        return 1;
+    c->batch_active = 0;
+    if (cfg.churn) {
+        conn_close_tls(c, 1);
+        if (running)
+            conn_open(c);
+        return 0;
+    } else if (running && phase != P_RAMP) {
+        batch_start(c);
+    }
+    return c->fd >= 0;
+}
+
+#ifdef LOADGEN_TLS
+/* Read every decrypted byte available: level-triggered epoll does not see
+ * plaintext already inside OpenSSL, so read until it wants the socket. */
+static void tls_read(struct conn *c)
+{
+    uint32_t gen = c->gen;
+    for (;;) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, rbuf, (int)sizeof rbuf);
+        if (n > 0) {
+            if (!stream_consume(c, (size_t)n) || c->gen != gen)
+                return;
+            continue;
+        }
+        int err = SSL_get_error(c->ssl, n);
+        if (err == SSL_ERROR_WANT_READ) {
+            if (c->wpos < c->len)
+                tls_flush(c); /* a write that waited for a read */
+            return;
+        }
+        if (err == SSL_ERROR_WANT_WRITE) {
+            want_out(c, 1);
+            return;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN ||
+            (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0))
+            conn_fail(c, &ctr.unexpected_eof);
+        else
+            conn_fail(c, &ctr.io_errors);
+        return;
+    }
+}
+#endif
 
 static void stream_read(struct conn *c)
 {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        tls_read(c);
+        return;
+    }
+#endif
     ssize_t n = recv(c->fd, rbuf, sizeof rbuf, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -377,27 +581,7 @@ static void stream_read(struct conn *c)
         conn_fail(c, &ctr.unexpected_eof);
         return;
     }
-    size_t got = (size_t)n;
-    if (!c->batch_active || c->rpos + got > c->wpos ||
-        memcmp(rbuf, c->buf + c->rpos, got) != 0) {
-        conn_fail(c, &ctr.mismatches);
-        return;
-    }
-    size_t before = c->rpos / cfg.size;
-    c->rpos += got;
-    size_t after = c->rpos / cfg.size;
-    if (after > before)
-        record_completion(c, after - before);
-    if (c->rpos < c->len)
-        return;
-    c->batch_active = 0;
-    if (cfg.churn) {
-        conn_close(c);
-        if (running)
-            conn_open(c);
-    } else if (running && phase != P_RAMP) {
-        batch_start(c);
-    }
+    stream_consume(c, (size_t)n);
 }
 
 /* Parse "<hex id>:<seq>:" at the start of a UDP reply. */
@@ -533,6 +717,8 @@ static void usage(const char *prog)
             "  -w, --warmup S       unmeasured full-load seconds first (0.5)\n"
             "      --ramp-timeout S bound of the connect barrier (10)\n"
             "      --udp-timeout MS re-send an unanswered datagram after MS (200)\n"
+            "      --tls            TLS 1.3 over --tcp/--unix (needs a -DLOADGEN_TLS build)\n"
+            "      --version        print the version and 'tls' when built with TLS\n"
             "Prints MARK start / MARK end, then one JSON object.\n",
             prog);
 }
@@ -585,10 +771,12 @@ static int resolve(void)
 static void print_json(double seconds, double ramp_seconds, int ramp_incomplete, int stalled)
 {
     static const char *tnames[] = {"tcp", "unix", "udp"};
-    uint64_t errors = ctr.mismatches + ctr.unexpected_eof + ctr.io_errors + ctr.connect_errors;
+    uint64_t errors = ctr.mismatches + ctr.unexpected_eof + ctr.io_errors + ctr.connect_errors +
+                      ctr.handshake_errors;
     double rps = seconds > 0 ? (double)ctr.requests / seconds : 0.0;
     printf("{\"transport\": \"%s\", \"target\": \"%s\", \"conns\": %d, \"depth\": %d, "
-           "\"churn\": %s, \"size\": %zu, "
+           "\"churn\": %s, \"tls\": %s, \"handshakes\": %llu, \"handshake_errors\": %llu, "
+           "\"size\": %zu, "
            "\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"errors\": %llu, "
            "\"mismatches\": %llu, \"unexpected_eof\": %llu, \"io_errors\": %llu, "
            "\"connect_errors\": %llu, \"connect_retries\": %llu, \"connects\": %llu, "
@@ -597,7 +785,8 @@ static void print_json(double seconds, double ramp_seconds, int ramp_incomplete,
            "\"latency_us\": {\"p50\": %llu, \"p90\": %llu, \"p99\": %llu, "
            "\"p999\": %llu, \"max\": %llu, \"mean\": %.1f}}\n",
            tnames[cfg.transport], cfg.target, cfg.conns, cfg.depth,
-           cfg.churn ? "true" : "false", cfg.size,
+           cfg.churn ? "true" : "false", cfg.tls ? "true" : "false",
+           (unsigned long long)ctr.handshakes, (unsigned long long)ctr.handshake_errors, cfg.size,
            (unsigned long long)ctr.requests, seconds, rps, (unsigned long long)errors,
            (unsigned long long)ctr.mismatches, (unsigned long long)ctr.unexpected_eof,
            (unsigned long long)ctr.io_errors, (unsigned long long)ctr.connect_errors,
@@ -624,6 +813,8 @@ static int parse_args(int argc, char **argv)
         {"warmup", required_argument, 0, 'w'},
         {"ramp-timeout", required_argument, 0, 'R'},
         {"udp-timeout", required_argument, 0, 'O'},
+        {"tls", no_argument, 0, 'S'},
+        {"version", no_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -641,6 +832,8 @@ static int parse_args(int argc, char **argv)
         case 'w': cfg.warmup = atof(optarg); break;
         case 'R': cfg.ramp_timeout = atof(optarg); break;
         case 'O': cfg.udp_timeout_ms = atof(optarg); break;
+        case 'S': cfg.tls = 1; break;
+        case 'V': printf("loadgen 2%s\n", HAVE_TLS ? " tls" : ""); exit(0);
         case 'h': usage(argv[0]); exit(0);
         default: return -1;
         }
@@ -652,6 +845,14 @@ static int parse_args(int argc, char **argv)
         return -1;
     if (cfg.transport == T_UDP && (cfg.churn || cfg.depth != 1)) {
         fprintf(stderr, "UDP supports ping-pong only (no --churn, -d 1)\n");
+        return -1;
+    }
+    if (cfg.tls && cfg.transport == T_UDP) {
+        fprintf(stderr, "--tls needs a stream transport (--tcp or --unix)\n");
+        return -1;
+    }
+    if (cfg.tls && !HAVE_TLS) {
+        fprintf(stderr, "--tls: this loadgen was built without OpenSSL (-DLOADGEN_TLS)\n");
         return -1;
     }
     if (cfg.churn)
@@ -668,6 +869,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (resolve() < 0)
         return 1;
+    if (cfg.tls && tls_init() < 0) {
+        fprintf(stderr, "TLS setup failed\n");
+        return 1;
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) {
         perror("epoll_create1");
@@ -748,6 +953,12 @@ int main(int argc, char **argv)
                 on_connected(c);
                 continue;
             }
+#ifdef LOADGEN_TLS
+            if (c->state == C_HANDSHAKE) {
+                tls_handshake(c);
+                continue;
+            }
+#endif
             if (cfg.transport == T_UDP) {
                 udp_read(c);
                 continue;
@@ -779,10 +990,14 @@ int main(int argc, char **argv)
     if (cfg.transport != T_UDP)
         drain(t_end + DRAIN_NS, events);
     for (int i = 0; i < cfg.conns; i++) {
-        conn_close(&conns[i]);
+        conn_close_tls(&conns[i], 1);
         free(conns[i].buf);
     }
     free(conns);
     close(epfd);
+#ifdef LOADGEN_TLS
+    if (tls_ctx)
+        SSL_CTX_free(tls_ctx);
+#endif
     return 0;
 }

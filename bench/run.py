@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark harness: our socket servers against stdlib, asyncio, uvloop and a bare loop.
 
+One file on purpose (about 1,600 lines): it runs as a plain script from a fresh clone, with
+no package to install, and its sections (subjects and workloads, setup, /proc accounting,
+subject processes, drivers, scheduling, report) are read in that order.
+
 Usage (from the repository root)::
 
     python bench/run.py                 # full run (~20-25 min): setup, R=5 repetitions
@@ -12,9 +16,11 @@ Usage (from the repository root)::
 What it does:
 
 1. Setup (skipped by ``--no-setup`` and ``--smoke``): a virtualenv in
-   ``bench/.venv`` with uvloop from PyPI (best effort), ``wrk`` from apt if
-   missing (best effort), and ``bench/build/loadgen`` compiled from
-   ``bench/loadgen.c`` (always, when out of date).
+   ``bench/.venv`` with uvloop from PyPI (best effort), ``wrk`` and
+   ``libssl-dev`` from apt if missing (best effort), and
+   ``bench/build/loadgen`` compiled from ``bench/loadgen.c`` (always, when out
+   of date; with TLS when OpenSSL is there).  The TLS workloads get a
+   throwaway certificate made by ``openssl`` in a temporary directory.
 2. Runs every applicable (workload, subject) pair, interleaved: for each
    repetition, for each workload, every subject once (A B C A B C ...).
    Each run starts a fresh server (``bench/subjects/subject.py``) pinned to
@@ -104,8 +110,9 @@ def _subject(name: str, family: str, modes: str, concurrent: bool, description: 
 
 
 SUBJECTS: list[Subject] = [
-    _subject("ours-async", "ours", "tcp unix http", True,
-             "servers.TCPServer/UnixStreamServer + async handler (reactor mode)"),
+    _subject("ours-async", "ours", "tcp unix udp http tls", True,
+             "servers.TCPServer/UnixStreamServer/UDPServer + async handler (reactor mode); "
+             "TLS: ssl_context"),
     _subject("ours-classic", "ours", "tcp udp", False,
              "servers.TCPServer + blocking handler; servers.UDPServer + DatagramRequestHandler"),
     _subject("ours-threading", "ours", "tcp http", True,
@@ -117,12 +124,13 @@ SUBJECTS: list[Subject] = [
     _subject("stdlib-threading", "stdlib", "tcp unix http", True,
              "socketserver.Threading*Server; http.server.ThreadingHTTPServer"),
     _subject("stdlib-forking", "stdlib", "tcp", True, "socketserver.ForkingTCPServer"),
-    _subject("asyncio-streams", "asyncio", "tcp unix", True,
+    _subject("asyncio-streams", "asyncio", "tcp unix http tls", True,
              "asyncio.start_server, readline/write/drain"),
-    _subject("asyncio-protocol", "asyncio", "tcp unix udp http", True,
+    _subject("asyncio-protocol", "asyncio", "tcp unix udp http tls", True,
              "asyncio.Protocol, one write per data_received"),
-    _subject("uvloop-streams", "uvloop", "tcp unix", True, "asyncio streams on uvloop"),
-    _subject("uvloop-protocol", "uvloop", "tcp unix udp http", True, "asyncio.Protocol on uvloop"),
+    _subject("uvloop-streams", "uvloop", "tcp unix http tls", True, "asyncio streams on uvloop"),
+    _subject("uvloop-protocol", "uvloop", "tcp unix udp http tls", True,
+             "asyncio.Protocol on uvloop"),
     _subject("selectors", "floor", "tcp unix udp http", True,
              "bare selectors loop: recv/send, minimal Python (floor)"),
 ]
@@ -143,10 +151,13 @@ class Workload:
     churn: bool = False
     needs_concurrency: bool = True
     lower_is_better: bool = False
+    tls: bool = False
 
     @property
     def mode(self) -> str:
         """Server mode a subject must support (see ``Subject.modes``)."""
+        if self.tls:
+            return "tls"
         return "http" if self.kind == "http" else self.transport
 
     @property
@@ -166,6 +177,9 @@ WORKLOADS: list[Workload] = [
     Workload("pipe-d16", "echo", "tcp", 100, 4,
              "TCP line echo, 16 lines per write, 100 connections",
              depth=16),
+    Workload("pipe-c1", "echo", "tcp", 1, 1,
+             "TCP line echo, 16 lines per write, 1 connection", depth=16,
+             needs_concurrency=False),
     Workload("churn", "echo", "tcp", 10, 2,
              "TCP connect / 1 line / reply / close, 10 at a time", churn=True,
              needs_concurrency=False),
@@ -177,6 +191,12 @@ WORKLOADS: list[Workload] = [
     Workload("idle-c1000", "idle", "tcp", 1000, 20,
              "server memory per idle connection (1000 connected, silent), KiB",
              lower_is_better=True),
+    Workload("tls-c100", "echo", "tcp", 100, 4,
+             "TLS 1.3 line echo, ping-pong, 100 connections (handshakes before the window)",
+             tls=True),
+    Workload("tls-churn", "echo", "tcp", 10, 2,
+             "TLS 1.3 connect / handshake / 1 line / close, 10 at a time (= handshakes/s)",
+             churn=True, tls=True),
 ]
 WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
 
@@ -192,12 +212,22 @@ STDLIB_SAME_MODE = {
 }
 
 #: Reference columns: label -> candidates in preference order (first present wins).
+#: The protocol API is each event loop's fastest way to serve; streams stand in where no
+#: protocol subject took part.  TLS workloads compare with streams first (see
+#: ``reference_candidates``): that is what a user of TLS on asyncio writes.
 REFERENCES: list[tuple[str, tuple[str, ...]]] = [
-    ("asyncio", ("asyncio-streams", "asyncio-protocol")),
-    ("uvloop", ("uvloop-streams", "uvloop-protocol")),
-    ("stdlib", ()),  # per-row: STDLIB_SAME_MODE
+    ("uvloop", ("uvloop-protocol", "uvloop-streams")),
+    ("asyncio", ("asyncio-protocol", "asyncio-streams")),
     ("floor", ("selectors",)),
+    ("stdlib", ()),  # per-row: STDLIB_SAME_MODE
 ]
+
+
+def reference_candidates(label: str, candidates: tuple[str, ...], wl: Workload) -> tuple[str, ...]:
+    """The candidates of one reference column for one workload (streams first for TLS)."""
+    if wl.tls:
+        return tuple(sorted(candidates, key=lambda name: not name.endswith("-streams")))
+    return candidates
 
 
 def applies(subject: Subject, workload: Workload) -> bool:
@@ -233,6 +263,17 @@ class Settings:
     stamp: str
     log_dir: Path
     settle: float = 0.1
+    tls: TlsFiles | None = None  # certificate for the TLS workloads (None: they are skipped)
+    tls_skip: str = "TLS not set up"  # why, when ``tls`` is None
+    cold_malloc: bool = False  # subjects skip warm_allocator() (see subjects/subj_common.py)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The bench's throwaway certificate (made at run time in a temporary directory)."""
+
+    cert: str
+    key: str
 
 
 def sh(cmd: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess:
@@ -244,7 +285,12 @@ def sh(cmd: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedPro
 
 
 def build_loadgen(force: bool = False) -> Path:
-    """Compile loadgen.c with the system cc if the binary is missing or stale."""
+    """Compile loadgen.c with the system cc if the binary is missing or stale.
+
+    With OpenSSL's headers and libraries present (Debian: libssl-dev) it is built with TLS
+    (``-DLOADGEN_TLS -lssl -lcrypto``); without them, plain, and the TLS workloads are
+    skipped (``loadgen_has_tls``).
+    """
     if (
         not force
         and LOADGEN_BIN.exists()
@@ -253,14 +299,67 @@ def build_loadgen(force: bool = False) -> Path:
         return LOADGEN_BIN
     cc = os.environ.get("CC", "cc")
     LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
-    log(f"[setup] building loadgen: {' '.join(cmd)}")
-    res = sh(cmd, timeout=120)
+    base = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN_BIN)]
+    res = None
+    for cmd in (base + ["-DLOADGEN_TLS", str(LOADGEN_SRC), "-lssl", "-lcrypto"],
+                base + [str(LOADGEN_SRC)]):
+        log(f"[setup] building loadgen: {' '.join(cmd)}")
+        res = sh(cmd, timeout=120)
+        if res.returncode == 0:
+            break
+        if "-DLOADGEN_TLS" in cmd:
+            log("[setup] no OpenSSL to build with (libssl-dev): loadgen without TLS")
+    assert res is not None
     if res.returncode != 0:
         raise SystemExit(f"loadgen build failed:\n{res.stdout}{res.stderr}")
     if res.stderr.strip():
         log(res.stderr.rstrip())
     return LOADGEN_BIN
+
+
+def loadgen_has_tls() -> bool:
+    """Whether bench/build/loadgen was built with TLS (``loadgen --version`` says "tls")."""
+    res = sh([str(LOADGEN_BIN), "--version"], timeout=10)
+    return res.returncode == 0 and "tls" in res.stdout.split()
+
+
+def ensure_openssl_dev(install: bool) -> None:
+    """apt-get install libssl-dev when the loadgen lacks TLS (best effort), then rebuild it."""
+    if loadgen_has_tls() or not install:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        log("[setup] loadgen without TLS and cannot apt-get install libssl-dev: TLS skipped")
+        return
+    log("[setup] apt-get install -y libssl-dev (best effort, for the loadgen's TLS)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    res = sh(["apt-get", "install", "-y", "-qq", "libssl-dev"], timeout=600, env=env)
+    if res.returncode != 0:
+        sh(["apt-get", "update", "-qq"], timeout=300, env=env)
+        res = sh(["apt-get", "install", "-y", "-qq", "libssl-dev"], timeout=600, env=env)
+    if res.returncode != 0:
+        log(f"[setup] libssl-dev install failed: TLS skipped: {res.stderr.strip()[-300:]}")
+        return
+    build_loadgen(force=True)
+
+
+def make_tls_files(directory: Path) -> TlsFiles | None:
+    """A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, via the openssl CLI.
+
+    Made at every run in a temporary directory (never stored under bench/); None when the
+    openssl command is missing or fails.  ECDSA P-256 is the usual modern server key; the
+    load generator does not verify it (it measures servers, not PKI).
+    """
+    openssl = shutil.which("openssl")
+    if not openssl:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    res = sh([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+              "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+              "-days", "2", "-subj", "/CN=127.0.0.1"], timeout=60)
+    if res.returncode != 0 or not cert.exists():
+        log(f"[setup] openssl could not make the bench certificate: {res.stderr.strip()[-300:]}")
+        return None
+    return TlsFiles(str(cert), str(key))
 
 
 def venv_dir_for(python: str) -> Path:
@@ -395,13 +494,23 @@ def group_cpu_seconds(pgid: int) -> float:
 
 def cpu_busy_seconds(cpu: int) -> float:
     """Busy time of one CPU from /proc/stat: user+nice+system+irq+softirq."""
+    return cpu_times(cpu)[0]
+
+
+def cpu_times(cpu: int) -> tuple[float, float]:
+    """(busy, steal) seconds of one CPU from /proc/stat.
+
+    Steal is time the hypervisor ran something else while this virtual CPU wanted to run:
+    on a shared cloud machine it is one of the sources of run-to-run noise, so every run
+    records it (``steal_s`` in the raw figures).
+    """
     prefix = f"cpu{cpu} "
     with open("/proc/stat") as fh:
         for line in fh:
             if line.startswith(prefix):
-                v = [int(x) for x in line.split()[1:8]]
-                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
-    return 0.0
+                v = [int(x) for x in line.split()[1:9]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
+    return 0.0, 0.0
 
 
 @dataclass(frozen=True)
@@ -411,12 +520,14 @@ class CpuSample:
     proc_s: float  # utime+stime+cutime+cstime over the process group
     processes: int  # processes in the group
     cpu_busy_s: float  # busy time of the server's CPU
+    steal_s: float = 0.0  # hypervisor steal of the server's and the client's CPUs
 
 
 def sample_cpu(pgid: int) -> CpuSample:
-    busy = cpu_busy_seconds(SERVER_CPU)  # first: cheap, and closest to the mark
+    busy, steal = cpu_times(SERVER_CPU)  # first: cheap, and closest to the mark
+    steal += cpu_times(CLIENT_CPU)[1]
     ticks, processes = _scan_group_ticks(pgid)
-    return CpuSample(ticks / CLK_TCK, processes, busy)
+    return CpuSample(ticks / CLK_TCK, processes, busy, steal)
 
 
 def server_cpu_delta(start: CpuSample, end: CpuSample, pinned_cpu: bool) -> tuple[float, str]:
@@ -494,6 +605,14 @@ class StartFailure(Exception):
     """The subject did not print READY."""
 
 
+class FeatureMissing(StartFailure):
+    """The library under test lacks what the workload needs (reported as skipped)."""
+
+
+#: Exit status of a subject lacking a feature (subjects/subj_common.py EXIT_FEATURE_MISSING).
+EXIT_FEATURE_MISSING = 3
+
+
 class SubjectProcess:
     """A running subject; use as a context manager (always terminated on exit)."""
 
@@ -530,6 +649,11 @@ class SubjectProcess:
             addr = f"{wl.transport}:127.0.0.1:0"
         cmd = [self.settings.python, str(SUBJECT_SCRIPT), "--kind", self.subject.name,
                "--addr", addr, "--proto", wl.proto]
+        if wl.tls:
+            assert self.settings.tls is not None
+            cmd += ["--tls-cert", self.settings.tls.cert, "--tls-key", self.settings.tls.key]
+        if self.settings.cold_malloc:
+            cmd.append("--cold-malloc")
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(
@@ -540,10 +664,24 @@ class SubjectProcess:
             )
         line = self._read_line(START_TIMEOUT)
         if not line.startswith("READY "):
-            code = self.proc.poll()
+            try:
+                code = self.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code == EXIT_FEATURE_MISSING:
+                raise FeatureMissing(_stderr_tail(self.stderr_text(), 2) or "feature missing")
             raise StartFailure(line or (f"exited with code {code} before READY" if code is not None
                                         else f"no READY within {START_TIMEOUT:.0f}s"))
         self.address = line.split(None, 1)[1].strip()
+        if wl.tls:
+            problem = tls_probe(self.address, 5.0)
+            if problem and self.subject.family == "ours":
+                # The subject set ssl_context but the library ignored it (TLS not built yet,
+                # or broken): its handshake fails.  Reported as skipped, with the reason.
+                raise FeatureMissing(f"TLS handshake with the subject failed ({problem}): "
+                                     "ssl_context does nothing in this checkout?")
+            if problem:
+                raise StartFailure(f"TLS handshake with the subject failed: {problem}")
 
     def _read_line(self, timeout: float) -> str:
         assert self.proc and self.proc.stdout
@@ -630,6 +768,8 @@ def run_loadgen(
            "--ramp-timeout", "3" if settings.smoke else "10"]
     if wl.churn:
         cmd.append("--churn")
+    if wl.tls:
+        cmd.append("--tls")
     limit = settings.warmup + settings.duration + (3 if settings.smoke else 10) + 10
     cpu: dict[str, CpuSample] = {}
     out_lines: list[str] = []
@@ -684,6 +824,7 @@ def run_loadgen(
         "lat_p99_us": lat["p99"], "server_cpu_s": round(server_cpu, 3), "cpu_source": cpu_source,
         "proc_cpu_s": round(cpu["end"].proc_s - cpu["start"].proc_s, 3),
         "cpu_busy_s": round(cpu["end"].cpu_busy_s - cpu["start"].cpu_busy_s, 3),
+        "steal_s": round(cpu["end"].steal_s - cpu["start"].steal_s, 3),
         "req_per_cpu_s": result["requests"] / server_cpu if server_cpu > 0 else None,
         "detail": result, **({"note": "; ".join(notes)} if notes else {}),
     }
@@ -723,6 +864,7 @@ def run_wrk(srv: SubjectProcess, wl: Workload, settings: Settings, conns: int) -
         "lat_p99_us": data["p99"], "server_cpu_s": round(server_cpu, 3), "cpu_source": cpu_source,
         "proc_cpu_s": round(cpu1.proc_s - cpu0.proc_s, 3),
         "cpu_busy_s": round(cpu1.cpu_busy_s - cpu0.cpu_busy_s, 3),
+        "steal_s": round(cpu1.steal_s - cpu0.steal_s, 3),
         "req_per_cpu_s": data["requests"] / server_cpu if server_cpu > 0 else None,
         "detail": data,
     }
@@ -739,6 +881,25 @@ def _connect(address: str, timeout: float) -> socket.socket:
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def tls_probe(address: str, timeout: float) -> str | None:
+    """One TLS 1.3 handshake and line echo with a subject; None if fine, else what went wrong."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the bench's throwaway certificate
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        with _connect(address, timeout) as raw, context.wrap_socket(raw) as sock:
+            if not _echo_once(sock, b"tls probe\n", time.monotonic() + timeout):
+                return "no echo over TLS"
+            if sock.version() != "TLSv1.3":
+                return f"negotiated {sock.version()}"
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return None
 
 
 def _echo_once(sock: socket.socket, payload: bytes, deadline: float) -> bool:
@@ -848,6 +1009,7 @@ class Runner:
     settings: Settings
     records: list[dict[str, Any]] = field(default_factory=list)
     failed_start: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    skipped_start: set[tuple[str, str, str]] = field(default_factory=set)
     raw_fh: Any = None
 
     def skip_reason(self, subject: Subject, wl: Workload) -> str | None:
@@ -855,6 +1017,8 @@ class Runner:
             return "uvloop not importable"
         if wl.kind == "http" and not self.settings.wrk:
             return "wrk not available"
+        if wl.tls and self.settings.tls is None:
+            return self.settings.tls_skip
         return None
 
     def plan(self) -> list[Group]:
@@ -921,7 +1085,9 @@ class Runner:
         reason = self.skip_reason(subject, first)
         key = (subject.name, first.mode, first.proto)
         status = "skipped"
-        if reason is None and key in self.failed_start:
+        if reason is None and key in self.skipped_start:
+            reason = self.failed_start[key]
+        elif reason is None and key in self.failed_start:
             reason, status = "failed to start earlier: " + self.failed_start[key], "failed-start"
         if reason:
             for rec in recs:
@@ -948,12 +1114,19 @@ class Runner:
                         rec["status"] = "crashed"
                         rec["note"] = (rec.get("note", "")
                                        + " server exited during the run").strip()
+        except FeatureMissing as exc:
+            self.failed_start[key] = str(exc)
+            self.skipped_start.add(key)
+            for rec in recs:
+                rec["status"], rec["note"] = "skipped", str(exc)
         except StartFailure as exc:
             tail = _stderr_tail(srv.stderr_text()) or str(exc)
             self.failed_start[key] = tail
             for rec in recs:
                 rec["status"], rec["note"] = "failed-start", tail
-        stderr = _summarize_stderr(srv.stderr_text())
+        # A subject skipped for a missing feature said why on stderr: that is the note.
+        feature_missing = all(rec["status"] == "skipped" for rec in recs)
+        stderr = {} if feature_missing else _summarize_stderr(srv.stderr_text())
         for rec in recs:
             rec["stop"] = srv.stop_method
             if rec["status"] == "ok":
@@ -965,7 +1138,7 @@ class Runner:
                 rec["note"] = (rec.get("note", "") + " needed SIGKILL to stop").strip()
         recs[-1]["stderr"] = stderr
         if stderr:
-            recs[-1]["stderr_log"] = str(srv.log_path.relative_to(REPO_ROOT))
+            recs[-1]["stderr_log"] = _shown(srv.log_path)
         else:
             try:
                 srv.log_path.unlink()
@@ -973,6 +1146,14 @@ class Runner:
                 pass
         time.sleep(s.settle)
         return recs
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (--out may be elsewhere)."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _stderr_tail(text: str, lines: int = 6) -> str:
@@ -1078,6 +1259,7 @@ def render_table(cells: dict[tuple[str, str], Cell], workloads: Sequence[Workloa
         out.append(f"== {wl.name}: {wl.description}")
         refs_used = []
         for label, cands in REFERENCES:
+            cands = reference_candidates(label, cands, wl)
             if label == "stdlib":
                 refs_used.append("stdlib=same mode (ours-async vs stdlib-threading)")
                 continue
@@ -1111,6 +1293,7 @@ def render_table(cells: dict[tuple[str, str], Cell], workloads: Sequence[Workloa
                         f"{_fmt(p50):>8} {_fmt(p99):>8}")
             ratios = []
             for label, cands in REFERENCES:
+                cands = reference_candidates(label, cands, wl)
                 _, ref = reference_median(cells, wl.name, s.name, label, cands)
                 ratios.append(f"{_ratio(med, ref):>8}")
             line += f" {cell.errors:>5} " + " ".join(ratios)
@@ -1214,13 +1397,54 @@ def render_problems(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+def hardware() -> str:
+    """CPU model, CPU count, kernel: printed beside every figure."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    virt = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            if " hypervisor" in fh.read():
+                virt = ", virtual machine"
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs{virt}, Linux {platform.release()}"
+
+
+def report_header(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Command, date, hardware, method and noise sources of one run."""
+    runs = [r for r in records if r.get("type") == "run" and "steal_s" in r]
+    steal = sum(r["steal_s"] for r in runs)
+    busy = sum(r.get("seconds") or 0 for r in runs) * 2  # two CPUs during each window
+    lines = [
+        f"Benchmark {meta.get('stamp')}: Python {meta.get('python_version')}, "
+        f"{meta.get('repeat')} repetition(s) x {meta.get('duration')} s "
+        f"(+{meta.get('warmup')} s warm-up), interleaved; medians [min - max] over the "
+        f"repetitions",
+        f"  command:  {meta.get('command', 'python bench/run.py')}",
+        f"  date:     {meta.get('date', meta.get('stamp'))}",
+        f"  hardware: {meta.get('hardware', '?')}; server on CPU {SERVER_CPU}, load "
+        f"generator on CPU {CLIENT_CPU} (taskset: {'yes' if meta.get('taskset') else 'no'})",
+    ]
+    if runs and busy:
+        lines.append(f"  noise:    hypervisor steal {steal:.1f} s over {busy:.0f} CPU-s of "
+                     f"measurement windows ({100 * steal / busy:.1f} %); other processes on "
+                     "the machine are not excluded (a shared machine: compare ratios within "
+                     "one run, and the min-max ranges)")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path,
                   stamp: str, workloads: Sequence[Workload], subjects: Sequence[Subject]) -> str:
     cells = aggregate(records)
-    header = (f"Benchmark {stamp}: Python {meta.get('python_version')}, "
-              f"{meta.get('repeat')} repetition(s) x {meta.get('duration')} s "
-              f"(+{meta.get('warmup')} s warm-up), server on CPU {SERVER_CPU}, "
-              f"load on CPU {CLIENT_CPU}; medians [min - max]\n")
+    header = report_header(records, meta)
     text = header + render_table(cells, workloads, subjects) + "\n" + render_problems(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"summary-{stamp}.txt").write_text(text)
@@ -1254,13 +1478,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("What it does:")[0].split("Usage", 1)[1])
     p.add_argument("--smoke", action="store_true",
-                   help="CI check: every subject x workload once, ~0.3 s, few connections; "
+                   help="CI check: every subject x workload once, ~0.15 s, few connections; "
                         "non-zero exit on start failures or loadgen errors")
     p.add_argument("--subjects", help="comma-separated names or globs (e.g. 'ours-*,selectors')")
     p.add_argument("--workloads", help="comma-separated names or globs (e.g. 'echo-*')")
     p.add_argument("--repeat", type=int, help="repetitions (default 5; smoke 1)")
-    p.add_argument("--duration", type=float, help="measured seconds per run (default 2; smoke 0.2)")
-    p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5; smoke 0.1)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 2; smoke 0.1)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5; smoke 0.05)")
     p.add_argument("--size", type=int, default=64, help="echo line size in bytes (default 64)")
     p.add_argument("--python", help="interpreter for the subjects (default: this one); "
                                     "gets its own bench/.venv-X.Y")
@@ -1271,6 +1495,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and the time estimate, run nothing")
     p.add_argument("--report", type=Path, help="re-render the report of a raw-*.jsonl file")
+    p.add_argument("--cold-malloc", action="store_true",
+                   help="subjects skip their allocator warm-up: asyncio is then measured in a "
+                        "fresh process's glibc malloc state (every 256 KiB read mmap()s)")
     return p.parse_args(argv)
 
 
@@ -1300,8 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         return report_only(args.report, args.out)
     smoke = args.smoke
-    duration = args.duration if args.duration is not None else (0.2 if smoke else 2.0)
-    warmup = args.warmup if args.warmup is not None else (0.1 if smoke else 0.5)
+    duration = args.duration if args.duration is not None else (0.1 if smoke else 2.0)
+    warmup = args.warmup if args.warmup is not None else (0.05 if smoke else 0.5)
     repeat = args.repeat if args.repeat is not None else (1 if smoke else 5)
     if repeat < 1 or duration <= 0 or warmup < 0:
         raise SystemExit("--repeat must be >= 1, --duration > 0, --warmup >= 0")
@@ -1324,6 +1551,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_python = args.python or sys.executable
     python = ensure_venv(base_python, install)
     build_loadgen()
+    tls: TlsFiles | None = None
+    tls_skip = ""
+    tls_tmp: tempfile.TemporaryDirectory | None = None
+    if any(w.tls for w in workloads):
+        ensure_openssl_dev(install)
+        if not loadgen_has_tls():
+            tls_skip = "loadgen built without TLS (install libssl-dev, or run without --smoke)"
+        else:
+            tls_tmp = tempfile.TemporaryDirectory(prefix="bench-tls-")
+            tls = make_tls_files(Path(tls_tmp.name))
+            tls_skip = "" if tls else "no openssl command to make the bench certificate"
+        if tls is None:
+            log(f"[setup] TLS workloads skipped: {tls_skip}")
     need_wrk = any(w.kind == "http" for w in workloads)
     wrk = ensure_wrk(install) if need_wrk else None
     need_uvloop = any(s.needs_uvloop for s in subjects)
@@ -1338,6 +1578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size=args.size, subjects=subjects, workloads=workloads, have_uvloop=have_uvloop,
         wrk=wrk, taskset=taskset, out_dir=out_dir, stamp=stamp,
         log_dir=out_dir / f"logs-{stamp}", settle=0.05 if smoke else 0.1,
+        tls=tls, tls_skip=tls_skip or "TLS not set up", cold_malloc=args.cold_malloc,
     )
     pyver = sh([python, "-c", "import sys; print(sys.version.split()[0])"], 30).stdout.strip()
     meta = {
@@ -1345,11 +1586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "platform": platform.platform(), "cpus": os.cpu_count(), "duration": duration,
         "warmup": warmup, "repeat": repeat, "smoke": smoke, "size": args.size,
         "uvloop": have_uvloop, "wrk": wrk, "taskset": bool(taskset),
+        "command": " ".join(["python", "bench/run.py", *(argv if argv is not None
+                                                          else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "hardware": hardware(),
+        "cold_malloc": args.cold_malloc, "tls": bool(tls),
         "subjects": [s.name for s in subjects], "workloads": [w.name for w in workloads],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / f"raw-{stamp}.jsonl"
-    log(f"[run] python {pyver} ({python}); raw figures -> {raw_path.relative_to(REPO_ROOT)}")
+    log(f"[run] python {pyver} ({python}); raw figures -> {_shown(raw_path)}")
     runner = Runner(settings)
     with open(raw_path, "w") as fh:
         fh.write(json.dumps(meta) + "\n")
@@ -1358,12 +1603,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.execute()
         except KeyboardInterrupt:
             log("[run] interrupted: reporting what was measured")
+        finally:
+            if tls_tmp is not None:
+                tls_tmp.cleanup()
     text = write_reports(runner.records, meta, out_dir, stamp, workloads, subjects)
     print(text, end="")
     try:
         settings.log_dir.rmdir()  # only succeeds when no log was kept
     except OSError:
-        log(f"[run] subject stderr logs kept in {settings.log_dir.relative_to(REPO_ROOT)}")
+        log(f"[run] subject stderr logs kept in {_shown(settings.log_dir)}")
     log(f"[run] wrote {raw_path.name}, summary-{stamp}.txt, chart-{stamp}-rps.svg, "
         f"chart-{stamp}-cpu.svg in {out_dir}")
     if smoke:

@@ -4,18 +4,27 @@ Kinds:
 
 ``asyncio-streams`` / ``uvloop-streams``
     ``start_server`` / ``start_unix_server`` with the idiomatic
-    ``readline()`` / ``write()`` / ``await drain()`` loop.
+    ``readline()`` / ``write()`` / ``await drain()`` loop; for ``--proto
+    http`` the same style hello handler (request head read line by line).
 ``asyncio-protocol`` / ``uvloop-protocol``
     A ``Protocol`` whose ``data_received`` splits complete lines and answers
     them with a single ``transport.write`` (so pipelined lines cost one
     write); ``DatagramProtocol`` for UDP; an HTTP/1.1 hello keep-alive
     protocol for ``--proto http``.
+
+With a TLS context (``--tls-cert``) the same servers are started with
+``ssl=context``.  Servers are created with ``start_server(host, port)`` /
+``create_server(factory, host, port)`` as the asyncio docs show: asyncio then
+sets TCP_NODELAY on every accepted socket (it does so only for sockets whose
+``proto`` is IPPROTO_TCP, which a hand-made listening socket passed with
+``sock=`` would not be).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from typing import Any
 
 from subj_common import (
@@ -39,6 +48,32 @@ async def stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 break
             writer.write(line)
             await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def stream_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """HTTP/1.1 keep-alive hello with streams, reading the request head line by line."""
+    try:
+        while True:
+            request_line = await reader.readline()
+            if not request_line:
+                break
+            close = request_line.rstrip().upper().endswith(b"HTTP/1.0")
+            while True:
+                header = await reader.readline()
+                if not header:
+                    return
+                if header in (b"\r\n", b"\n"):
+                    break
+                if header[:11].lower() == b"connection:":
+                    close = b"close" in header.lower()
+            writer.write(HTTP_RESPONSE)
+            await writer.drain()
+            if close:
+                break
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
@@ -109,53 +144,64 @@ class UdpEchoProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
-async def run(kind: str, addr: Address, proto: str) -> None:
+async def listen(kind: str, addr: Address, proto: str,
+                 tls: ssl.SSLContext | None) -> tuple[Any, object]:
+    """Start serving on the running loop; return (server or datagram transport, bound address)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     streams = kind.endswith("-streams")
     remove_stale_unix(addr)
     closer: Any
     if addr.transport == "udp":
-        if streams or proto != "echo":
-            unsupported(kind, addr, proto)
+        if streams or proto != "echo" or tls is not None:
+            unsupported(kind, addr, proto, tls)
         closer, _ = await loop.create_datagram_endpoint(
             UdpEchoProtocol, local_addr=(addr.host, addr.port)
         )
-        bound = closer.get_extra_info("sockname")
-    else:
-        if streams:
-            if proto != "echo":
-                unsupported(kind, addr, proto)
-            if addr.transport == "unix":
-                closer = await asyncio.start_unix_server(stream_echo, addr.path, backlog=BACKLOG)
-            else:
-                closer = await asyncio.start_server(
-                    stream_echo, addr.host, addr.port, backlog=BACKLOG
-                )
+        return closer, closer.get_extra_info("sockname")
+    if streams:
+        handler = stream_http if proto == "http" else stream_echo
+        if addr.transport == "unix":
+            closer = await asyncio.start_unix_server(handler, addr.path, backlog=BACKLOG,
+                                                     ssl=tls)
         else:
-            factory = HttpHelloProtocol if proto == "http" else EchoProtocol
-            if addr.transport == "unix":
-                closer = await loop.create_unix_server(factory, addr.path, backlog=BACKLOG)
-            else:
-                closer = await loop.create_server(factory, addr.host, addr.port, backlog=BACKLOG)
-        bound = closer.sockets[0].getsockname()
+            closer = await asyncio.start_server(
+                handler, addr.host, addr.port, backlog=BACKLOG, ssl=tls
+            )
+    else:
+        factory = HttpHelloProtocol if proto == "http" else EchoProtocol
+        if addr.transport == "unix":
+            closer = await loop.create_unix_server(factory, addr.path, backlog=BACKLOG, ssl=tls)
+        else:
+            closer = await loop.create_server(factory, addr.host, addr.port,
+                                              backlog=BACKLOG, ssl=tls)
+    return closer, closer.sockets[0].getsockname()
+
+
+async def run(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    closer, bound = await listen(kind, addr, proto, tls)
     announce(addr, bound)
     await stop.wait()
     closer.close()
     remove_stale_unix(addr)
 
 
-def serve(kind: str, addr: Address, proto: str) -> None:
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The event loop of a kind: uvloop's for ``uvloop-*``, asyncio's default otherwise."""
     if kind.startswith("uvloop-"):
         import uvloop  # absent -> ImportError -> "failed to start" (runner skips it earlier)
 
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def serve(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None = None) -> None:
+    loop = new_loop(kind)
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(run(kind, addr, proto))
+        loop.run_until_complete(run(kind, addr, proto, tls))
     finally:
         loop.close()

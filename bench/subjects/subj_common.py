@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -86,6 +87,32 @@ class Address:
         return f"{self.transport}:{host}:{bound[1]}"
 
 
+def warm_allocator() -> None:
+    """Free one 1 MiB block, so that glibc malloc is in the state a long-running process is in.
+
+    glibc serves allocations above its mmap threshold (128 KiB at start) with a fresh
+    mmap() each, and raises the threshold to the size of the first such block that is freed.
+    asyncio's selector transports read with ``recv(256 KiB)``: in a process that never freed
+    a large block, every read maps 256 KiB, shrinks it with mremap() and unmaps it (plus the
+    page faults), which costs asyncio 2-3x its CPU per request on a small echo (measured here:
+    ~29k against ~100k+ requests per CPU-second for the protocol API).  Any process that has
+    once freed a block above 128 KiB (read a file, parsed a large request, ...) is past that,
+    which is what independent measurements of asyncio show; a minimal script is not.  Every
+    subject does this, so no library is measured in the fresh-process regime by accident;
+    ``--cold-malloc`` (run.py ``--cold-malloc``) measures that regime on purpose.  Subjects
+    that never allocate above 128 KiB per read (ours reads 64 KiB) are unaffected.
+    """
+    block = bytearray(1 << 20)
+    del block
+
+
+def server_tls_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """A server ``ssl.SSLContext`` as the ``ssl`` docs build one: defaults plus a certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def remove_stale_unix(addr: Address) -> None:
     """Unlink a leftover Unix socket file before binding."""
     if addr.transport == "unix":
@@ -136,7 +163,18 @@ def wants_close(head: bytes) -> bool:
     return lower.split(b"\r\n", 1)[0].endswith(b"http/1.0")
 
 
-def unsupported(kind: str, addr: Address, proto: str) -> NoReturn:
+def unsupported(kind: str, addr: Address, proto: str, tls: object = None) -> NoReturn:
     """Exit with status 2: this subject does not implement that combination."""
-    sys.stderr.write(f"unsupported: {kind} over {addr.transport} with proto {proto}\n")
+    over = " over TLS" if tls is not None else ""
+    sys.stderr.write(f"unsupported: {kind} over {addr.transport}{over} with proto {proto}\n")
     raise SystemExit(2)
+
+
+#: Exit status of a subject whose library lacks a feature (run.py reports it as skipped).
+EXIT_FEATURE_MISSING = 3
+
+
+def feature_missing(message: str) -> NoReturn:
+    """Exit with status 3: the library under test cannot do this yet (reported as skipped)."""
+    sys.stderr.write(f"feature missing: {message}\n")
+    raise SystemExit(EXIT_FEATURE_MISSING)

@@ -137,9 +137,9 @@ def serve_udp(sock: socket.socket) -> None:
                 pass  # dropped; the client re-sends after its timeout
 
 
-def serve(kind: str, addr: Address, proto: str) -> None:
-    if addr.transport == "udp" and proto != "echo":
-        unsupported(kind, addr, proto)
+def serve(kind: str, addr: Address, proto: str, tls: object = None) -> None:
+    if (addr.transport == "udp" and proto != "echo") or tls is not None:
+        unsupported(kind, addr, proto, tls)
     remove_stale_unix(addr)
     stype = socket.SOCK_DGRAM if addr.transport == "udp" else socket.SOCK_STREAM
     sock = socket.socket(addr.family, stype)

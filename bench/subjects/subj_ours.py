@@ -5,7 +5,11 @@ Kinds:
 ``ours-async``
     ``servers.TCPServer`` (``servers.UnixStreamServer`` for Unix sockets)
     with an ``async def handle()`` handler: the reactor mode.  ``--proto
-    http`` serves an HTTP/1.1 hello keep-alive handler written the same way.
+    http`` serves an HTTP/1.1 hello keep-alive handler written the same way;
+    UDP: ``servers.UDPServer`` with an ``async def handle()`` datagram
+    handler.  With TLS (``--tls-cert``): the same echo handler on a
+    ``TCPServer`` whose ``ssl_context`` attribute is the context; a checkout
+    whose servers have no ``ssl_context`` exits with status 3 (skipped).
 ``ours-classic``
     ``servers.TCPServer`` with a blocking handler (one client at a time, as
     in the standard library); ``servers.UDPServer`` with a
@@ -22,6 +26,7 @@ The repository root (the parent of ``bench/``) is put first on ``sys.path``.
 
 from __future__ import annotations
 
+import ssl
 import sys
 
 from subj_common import (
@@ -31,6 +36,7 @@ from subj_common import (
     REPO_ROOT,
     Address,
     announce,
+    feature_missing,
     on_sigterm,
     remove_stale_unix,
     unsupported,
@@ -40,7 +46,6 @@ sys.path.insert(0, REPO_ROOT)
 
 import handlers  # noqa: E402
 import servers  # noqa: E402
-from subj_http import HelloHTTPHandler  # noqa: E402
 
 
 class AsyncEcho(handlers.StreamRequestHandler):
@@ -77,6 +82,13 @@ class UdpEcho(handlers.DatagramRequestHandler):
         self.wfile.write(self.rfile.read())
 
 
+class AsyncUdpEcho(handlers.DatagramRequestHandler):
+    """Echo one datagram from an ``async def handle()`` (reactor mode)."""
+
+    async def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
 class AsyncHttpHello(handlers.StreamRequestHandler):
     """HTTP/1.1 hello with keep-alive, reading the request head line by line."""
 
@@ -110,20 +122,31 @@ def ours_http_server_class() -> type:
     return OursHTTPServer
 
 
-def _choose(kind: str, addr: Address, proto: str) -> tuple:
+def _choose(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None) -> tuple:
     """Return (server base class, handler class) for one combination."""
     t = addr.transport
+    if tls is not None:
+        if kind != "ours-async" or t == "udp" or proto != "echo":
+            unsupported(kind, addr, proto, tls)
+        base = servers.TCPServer if t == "tcp" else servers.UnixStreamServer
+        if "ssl_context" not in dir(base):
+            feature_missing(f"servers.{base.__name__} has no ssl_context attribute in this "
+                            "checkout (native TLS not built yet)")
+        return base, AsyncEcho
     if proto == "http":
         if t != "tcp":
             unsupported(kind, addr, proto)
         if kind == "ours-async":
             return servers.TCPServer, AsyncHttpHello
         if kind == "ours-threading":
+            from subj_http import HelloHTTPHandler  # http.server: imported only when used
+
             return ours_http_server_class(), HelloHTTPHandler
         unsupported(kind, addr, proto)
     table = {
         ("ours-async", "tcp"): ("TCPServer", AsyncEcho),
         ("ours-async", "unix"): ("UnixStreamServer", AsyncEcho),
+        ("ours-async", "udp"): ("UDPServer", AsyncUdpEcho),
         ("ours-classic", "tcp"): ("TCPServer", ClassicEcho),
         ("ours-classic", "udp"): ("UDPServer", UdpEcho),
         ("ours-threading", "tcp"): ("ThreadingTCPServer", ClassicEcho),
@@ -135,9 +158,9 @@ def _choose(kind: str, addr: Address, proto: str) -> tuple:
     return getattr(servers, name), handler
 
 
-def build(kind: str, addr: Address, proto: str) -> object:
+def build(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None = None) -> object:
     """Create (bind and listen) the server for one kind/transport/protocol."""
-    base, handler = _choose(kind, addr, proto)
+    base, handler = _choose(kind, addr, proto, tls)
 
     class Server(base):  # type: ignore[valid-type, misc]
         address_family = addr.family
@@ -148,14 +171,16 @@ def build(kind: str, addr: Address, proto: str) -> object:
         max_children = MAX_CHILDREN
         max_threads = MAX_CHILDREN  # default 256 would serve 1000 clients 256 at a time
 
+    if tls is not None:
+        Server.ssl_context = tls  # the documented class attribute (an instance one works too)
     if addr.transport != "tcp" and getattr(handler, "disable_nagle_algorithm", False):
         handler = type(handler.__name__, (handler,), {"disable_nagle_algorithm": False})
     remove_stale_unix(addr)
     return Server(addr.sockaddr, handler)
 
 
-def serve(kind: str, addr: Address, proto: str) -> None:
-    srv = build(kind, addr, proto)
+def serve(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None = None) -> None:
+    srv = build(kind, addr, proto, tls)
     on_sigterm(srv.shutdown)  # type: ignore[attr-defined]
     announce(addr, srv.server_address)  # type: ignore[attr-defined]
     try:

@@ -7,7 +7,6 @@ Kinds: ``stdlib-classic`` (TCPServer / UDPServer / UnixStreamServer),
 
 from __future__ import annotations
 
-import http.server
 import socketserver
 
 from subj_common import (
@@ -19,7 +18,6 @@ from subj_common import (
     remove_stale_unix,
     unsupported,
 )
-from subj_http import HelloHTTPHandler
 
 
 class ClassicEcho(socketserver.StreamRequestHandler):
@@ -51,11 +49,19 @@ _BASES: dict[tuple[str, str], type[socketserver.BaseServer]] = {
 }
 
 
-def build(kind: str, addr: Address, proto: str) -> socketserver.BaseServer:
+def build(kind: str, addr: Address, proto: str, tls: object = None) -> socketserver.BaseServer:
     """Create (bind and listen) the server for one kind/transport/protocol."""
+    if tls is not None:
+        unsupported(kind, addr, proto, tls)
     if proto == "http":
         if kind != "stdlib-threading" or addr.transport != "tcp":
             unsupported(kind, addr, proto)
+        # Imported here only: http.server pulls in email, html, mimetypes, ... and a bigger
+        # process forks slower (the forking subjects would pay for it on every connection).
+        import http.server
+
+        from subj_http import HelloHTTPHandler
+
         base: type = http.server.ThreadingHTTPServer
         handler: type = HelloHTTPHandler
     else:
@@ -76,8 +82,8 @@ def build(kind: str, addr: Address, proto: str) -> socketserver.BaseServer:
     return Server(addr.sockaddr, handler)
 
 
-def serve(kind: str, addr: Address, proto: str) -> None:
-    srv = build(kind, addr, proto)
+def serve(kind: str, addr: Address, proto: str, tls: object = None) -> None:
+    srv = build(kind, addr, proto, tls)
     on_sigterm(srv.shutdown)
     announce(addr, srv.server_address)
     try:
