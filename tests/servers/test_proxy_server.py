@@ -1,0 +1,361 @@
+"""PROXY protocol on stream servers, over real sockets: the header is read on the reactor before
+the handler runs, in every mode (plain server with a classic handler, with an async handler on
+the reactor, threads, children), for TCP over IPv4 and IPv6 and for Unix sockets; the handler
+sees the real client (`client_address`, `address_string()`, `self.proxy`); every bad header
+ends its own connection alone with one log line; PROXY then TLS; a real HAProxy in front.
+
+How these tests run: as in the hostile suite, the test thread drives the reactor (`pump`, with
+a `FakeClock` for timeouts), so forking tests fork with no other thread alive and a 2-second
+timeout costs no wall-clock time. Clients share that thread: they only send what the kernel
+buffers, and read once the loop has answered. Handlers answer with one JSON line saying what
+they saw, so a child reports exactly as a thread does. Headers are built with the encoder of
+test_proxy_header.py (written from the spec, independent of the parser). The file runs past
+400 lines because it is one matrix (modes x families x header forms) and its helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import json
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reactor
+import servers
+from conftest import ServerThread, open_fds, recv_all, recv_line
+from haproxy import HAProxy, load_balancer, requires_haproxy
+from reactor import Stage
+from test_hostile_support import (Reply, client, needs_fork, needs_unix, on_reactor, pump,
+                                  readable, server_records)
+from test_proxy_header import inet4, inet6, tlv, unix, v2
+
+__all__ = ["load_balancer"]  # the fixture, imported so that pytest finds it here
+
+HOST4, HOST6 = "127.0.0.1", "::1"
+CLIENT4, FRONTEND4 = ("203.0.113.7", 51000), ("198.51.100.1", 443)  # what headers say
+CLIENT6, FRONTEND6 = ("2001:db8::7", 51001, 0, 0), ("2001:db8::1", 8443, 0, 0)
+CLIENT_UNIX, FRONTEND_UNIX = "/run/client.sock", "/run/balancer.sock"
+OTHER4 = ("192.0.2.99", 40000)  # the second client, served while the first one waits
+REQUEST = b"hello \x00\xff server\r\n"  # bytes a text-mode decode would spoil
+TLVS = (tlv(0x01, b"h2") + tlv(0x02, b"app.example") + tlv(0x05, b"conn-42")
+        + tlv(0xE0, b"custom"))
+CERTS = Path(__file__).resolve().parent.parent / "certs"
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind((HOST6, 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="needs an IPv6 loopback")
+
+
+# ------------------------------------------------------------------------------ headers
+def v1_header(source: tuple[Any, ...], destination: tuple[Any, ...]) -> bytes:
+    protocol = b"TCP6" if ":" in source[0] else b"TCP4"
+    return b"PROXY %s %s %s %d %d\r\n" % (protocol, source[0].encode(),
+                                          destination[0].encode(), source[1], destination[1])
+
+
+def v2_header(source: Any, destination: Any, tlvs: bytes = b"", crc: bool = False) -> bytes:
+    if isinstance(source, str):
+        return v2(1, 0x31, unix(source.encode(), destination.encode()), tlvs, with_crc=crc)
+    if ":" in source[0]:
+        return v2(1, 0x21, inet6(source[0], destination[0], source[1], destination[1]), tlvs,
+                  with_crc=crc)
+    return v2(1, 0x11, inet4(source[0], destination[0], source[1], destination[1]), tlvs,
+              with_crc=crc)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as it comes back through a JSON report (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+# ------------------------------------------------------------------------------ handlers
+def report(handler: Any, line: bytes) -> bytes:
+    """What a handler saw, as one JSON line: its client_address, the bytes it read after the
+    header, self.proxy and self.tls."""
+    info, tls = handler.proxy, handler.tls
+    return json.dumps({
+        "client_address": handler.client_address,
+        "line": line.decode("latin-1"),
+        "proxy": None if info is None else {
+            "version": info.version, "command": info.command, "source": info.source,
+            "destination": info.destination, "peer": info.peer,
+            "tlvs": {str(kind): value.hex() for kind, value in info.tlvs.items()}},
+        "tls": None if tls is None else tls.version(),
+        # the request table as the handler sees it (meaningful on the loop's own thread)
+        "table": [[entry.id, entry.state] for entry in handler.server.reactor.requests],
+    }).encode() + b"\n"
+
+
+class ClassicReport(servers.StreamRequestHandler):
+    """Reads its request line from the socket itself (no rfile), answers with `report()`."""
+
+    timeout = 10  # a bug fails the test instead of hanging it
+
+    def handle(self) -> None:
+        self.request.sendall(report(self, recv_line(self.request)))
+
+
+class AsyncReport(servers.StreamRequestHandler):
+    """Reads its request line through the async rfile, answers with `report()`."""
+
+    timeout = 10
+
+    async def handle(self) -> None:
+        self.wfile.write(report(self, await self.rfile.readline()))
+
+
+class HTTPReport(http.server.BaseHTTPRequestHandler):
+    """http.server's own handler: the log line it writes (to stderr, captured here) and
+    address_string() go back in the response body."""
+
+    timeout = 10
+
+    def do_GET(self) -> None:
+        log = io.StringIO()
+        with contextlib.redirect_stderr(log):
+            self.send_response(200)  # logs the request, as every http.server handler does
+        body = json.dumps({"log": log.getvalue(), "address_string": self.address_string(),
+                           "client_address": self.client_address}).encode()
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+# ------------------------------------------------------------------------------ modes
+MODES: dict[str, tuple[str, type]] = {  # mode -> (class name prefix, handler)
+    "classic": ("", ClassicReport),
+    "async": ("", AsyncReport),
+    "threading": ("Threading", ClassicReport),
+    "forking": ("Forking", ClassicReport),
+}
+MODE_PARAMS = [
+    "classic", "async",
+    pytest.param("threading", marks=pytest.mark.threads),
+    pytest.param("forking", marks=[pytest.mark.forking, needs_fork]),
+]
+FAMILY_PARAMS = ["ipv4", pytest.param("ipv6", marks=needs_ipv6),
+                 pytest.param("unix", marks=needs_unix)]
+V2_FULL = v2_header(CLIENT4, FRONTEND4, TLVS, crc=True)  # TLVs after a checked CRC32C
+HEADERS = {  # (family, version) -> (header, source, destination, TLVs as reported)
+    ("ipv4", "v1"): (v1_header(CLIENT4, FRONTEND4), CLIENT4, FRONTEND4, {}),
+    ("ipv4", "v2"): (V2_FULL, CLIENT4, FRONTEND4,
+                     {"3": V2_FULL[31:35].hex(), "1": b"h2".hex(), "2": b"app.example".hex(),
+                      "5": b"conn-42".hex(), "224": b"custom".hex()}),
+    ("ipv6", "v1"): (v1_header(CLIENT6, FRONTEND6), CLIENT6, FRONTEND6, {}),
+    ("ipv6", "v2"): (v2_header(CLIENT6, FRONTEND6), CLIENT6, FRONTEND6, {}),
+    ("unix", "v1"): (v1_header(CLIENT4, FRONTEND4), CLIENT4, FRONTEND4, {}),
+    ("unix", "v2"): (v2_header(CLIENT_UNIX, FRONTEND_UNIX, tlv(0x05, b"u")), CLIENT_UNIX,
+                     FRONTEND_UNIX, {"5": b"u".hex()}),
+}
+
+
+@contextlib.contextmanager
+def proxied(mode: str, family: str = "ipv4", unix_path: str | None = None,
+            handler: type | None = None, **attrs: Any
+            ) -> Iterator[tuple[Any, reactor.Reactor, Any]]:
+    """A server of `mode` and `family` with `proxy_protocol="any"` unless `attrs` say
+    otherwise, on a reactor the test drives (see test_hostile_support.on_reactor)."""
+    prefix, default_handler = MODES[mode]
+    base = "UnixStreamServer" if family == "unix" else "TCPServer"
+    address = {"ipv4": (HOST4, 0), "ipv6": (HOST6, 0), "unix": unix_path}[family]
+    attrs.setdefault("proxy_protocol", "any")
+    with on_reactor(handler or default_handler, getattr(servers, prefix + base), address,
+                    **attrs) as (server, r, clock):
+        yield server, r, clock
+
+
+def connect(server: Any, source_host: str | None = None) -> socket.socket:
+    address = server.server_address
+    if isinstance(address, str):
+        return client(address)
+    sock = socket.create_connection(address[:2], timeout=10,
+                                    source_address=source_host and (source_host, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def peer_of(sock: socket.socket) -> Any:
+    """The address the server's socket reports for this client (`getpeername()` there)."""
+    return sock.getsockname() if sock.family != socket.AF_UNIX else ""
+
+
+def ended(r: reactor.Reactor, sock: socket.socket) -> bytes:
+    """Run the loop until the server has closed `sock`; what it sent before."""
+    reply = Reply(sock)
+    pump(r, reply.ended)
+    return bytes(reply.data)
+
+
+def exchange(r: reactor.Reactor, sock: socket.socket, data: bytes) -> dict[str, Any]:
+    """Send `data`, run the loop until the handler has answered and closed; its report."""
+    sock.sendall(data)
+    answer = ended(r, sock)
+    assert answer.endswith(b"\n"), f"no report from the handler: {answer!r}"
+    result: dict[str, Any] = json.loads(answer)
+    return result
+
+
+def awaiting_header(r: reactor.Reactor) -> reactor.RequestEntry:
+    """The one entry whose PROXY header is awaited (run the loop until it is there)."""
+    pump(r, lambda: any(entry.stage is Stage.PROXY_HEADER for entry in r.requests))
+    (entry,) = [entry for entry in r.requests if entry.stage is Stage.PROXY_HEADER]
+    return entry
+
+
+def assert_waits_quietly(r: reactor.Reactor, entry: reactor.RequestEntry) -> None:
+    """Bytes just sent on `entry`'s connection (all of them header) arrive, the server takes
+    them all, and then waits for more without spinning: idle turns run nothing."""
+    assert select.select([entry.request], [], [], 10)[0], "the bytes sent never arrived"
+    pump(r, lambda: not readable(entry.request))  # taken, not left to wake the loop again
+    idle = [r.run_once(0) for _ in range(20)]
+    assert idle == [0] * 20, f"the loop spins while a PROXY header is incomplete: {idle}"
+    assert entry in r.requests and entry.state == "proxy-header"
+
+
+def serve_other_client(r: reactor.Reactor, server: Any) -> None:
+    """A second client is served from start to end (the loop is not blocked)."""
+    with connect(server) as other:
+        got = exchange(r, other, v1_header(OTHER4, FRONTEND4) + b"other\n")
+    assert got["client_address"] == list(OTHER4) and got["line"] == "other\n"
+    pump(r, lambda: len(r.requests) == 1)  # its thread or child has been collected too
+
+
+def check_report(got: dict[str, Any], sock: socket.socket, version: str, source: Any,
+                 destination: Any, tlvs: dict[str, str]) -> None:
+    assert got["line"] == REQUEST.decode("latin-1")  # the bytes after the header, intact
+    assert got["client_address"] == as_json(source)
+    assert got["proxy"] == as_json({"version": int(version[1]), "command": "PROXY",
+                                    "source": source, "destination": destination,
+                                    "peer": peer_of(sock), "tlvs": tlvs})
+
+
+# ------------------------------------------------------------------ the handler's view
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_the_handler_sees_the_real_client_and_the_bytes_after_the_header(
+        mode: str, family: str, version: str, unix_path: str) -> None:
+    header, source, destination, tlvs = HEADERS[family, version]
+    with proxied(mode, family, unix_path) as (server, r, _clock):
+        with connect(server) as sock:
+            got = exchange(r, sock, header + REQUEST)  # one segment: header and request
+            check_report(got, sock, version, source, destination, tlvs)
+            assert got["tls"] is None
+
+
+V2_CUTS = [1, 12, 13, 14, 15, 16, 17, 20, 27]  # signature, command, family, length, addresses
+V1_CUTS = [1, 5, 6, 10, 11, 17, 35, 40]  # "P", "PROXY", " ", "TCP", "TCP4 ", addresses
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("family", ["ipv4", pytest.param("unix", marks=needs_unix)])
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_a_header_split_at_awkward_offsets_is_awaited_without_blocking_or_spinning(
+        mode: str, family: str, version: str, unix_path: str) -> None:
+    header, source, destination, tlvs = HEADERS[family, version]
+    # ... and the last two cuts put CR and LF in pieces of their own (v1: a piece ends
+    # between them); the header's last byte travels with the request.
+    cuts = [cut for cut in (V1_CUTS if version == "v1" else V2_CUTS) if cut < len(header) - 2]
+    cuts += [len(header) - 2, len(header) - 1]
+    pieces = [header[start:end] for start, end in zip([0, *cuts], cuts)]
+    with proxied(mode, family, unix_path) as (server, r, _clock):
+        with connect(server) as sock:
+            entry = awaiting_header(r)
+            for piece in pieces:
+                sock.sendall(piece)
+                assert_waits_quietly(r, entry)
+                serve_other_client(r, server)
+                assert entry.state == "proxy-header"
+            got = exchange(r, sock, header[cuts[-1]:] + REQUEST)
+            check_report(got, sock, version, source, destination, tlvs)
+
+
+@pytest.mark.parametrize("header", [v2(0, 0x00, b"", tlv(0x05, b"health")),
+                                    v2(0, 0x11, inet4("10.9.9.9", "10.0.0.1", 1, 2)),
+                                    b"PROXY UNKNOWN\r\n",
+                                    b"PROXY UNKNOWN 10.9.9.9 10.0.0.1 1 2\r\n"],
+                         ids=["v2-local", "v2-local-addresses-ignored", "v1-unknown",
+                              "v1-unknown-addresses-ignored"])
+@pytest.mark.parametrize("family", ["ipv4", pytest.param("unix", marks=needs_unix)])
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_local_and_unknown_keep_the_sockets_own_peer_address(
+        mode: str, family: str, header: bytes, unix_path: str) -> None:
+    with proxied(mode, family, unix_path) as (server, r, _clock):
+        with connect(server) as sock:
+            got = exchange(r, sock, header + REQUEST)
+            assert got["line"] == REQUEST.decode("latin-1")
+            assert got["client_address"] == as_json(peer_of(sock))
+            assert got["proxy"]["command"] == "LOCAL"
+            assert got["proxy"]["source"] is None and got["proxy"]["destination"] is None
+            assert got["proxy"]["peer"] == as_json(peer_of(sock))
+            assert got["proxy"]["version"] == (2 if header.startswith(b"\r\n") else 1)
+
+
+@pytest.mark.parametrize("mode", ["classic", pytest.param("threading", marks=pytest.mark.threads),
+                                  pytest.param("forking", marks=[pytest.mark.forking,
+                                                                 needs_fork])])
+def test_http_server_logs_and_address_string_show_the_real_client(mode: str) -> None:
+    with proxied(mode, handler=HTTPReport) as (server, r, _clock):
+        with connect(server) as sock:
+            sock.sendall(v2_header(CLIENT4, FRONTEND4) + b"GET /page HTTP/1.0\r\n\r\n")
+            head, _, body = ended(r, sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ")
+    got = json.loads(body)
+    assert got["client_address"] == list(CLIENT4) and got["address_string"] == CLIENT4[0]
+    assert got["log"].startswith(f"{CLIENT4[0]} - - [")
+    assert got["log"].endswith('"GET /page HTTP/1.0" 200 -\n')
+
+
+def test_without_proxy_protocol_nothing_is_read_and_self_proxy_is_none() -> None:
+    with proxied("classic", proxy_protocol=None) as (server, r, _clock):
+        with connect(server) as sock:
+            got = exchange(r, sock, v1_header(CLIENT4, FRONTEND4))
+            assert got["line"] == v1_header(CLIENT4, FRONTEND4).decode()  # just bytes
+            assert got["proxy"] is None and got["client_address"] == list(peer_of(sock))
+
+
+# ------------------------------------------------------------------ which versions
+@pytest.mark.parametrize("setting,header,refusal", [
+    ("any", v1_header(CLIENT4, FRONTEND4), None),
+    ("any", v2_header(CLIENT4, FRONTEND4), None),
+    ("v1", v1_header(CLIENT4, FRONTEND4), None),
+    ("v2", v2_header(CLIENT4, FRONTEND4), None),
+    ("v1", v2_header(CLIENT4, FRONTEND4), "starts like a PROXY v2 header, but only v1 is"),
+    ("v2", v1_header(CLIENT4, FRONTEND4), "starts like a PROXY v1 header, but only v2 is"),
+])
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_proxy_protocol_setting_accepts_its_versions_and_refuses_the_other(
+        mode: str, setting: str, header: bytes, refusal: str | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="servers")
+    with proxied(mode, proxy_protocol=setting) as (server, r, _clock):
+        with connect(server) as sock:
+            if refusal is None:
+                assert exchange(r, sock, header + REQUEST)["client_address"] == list(CLIENT4)
+                assert not server_records(caplog, logging.INFO)
+            else:
+                sock.sendall(header + REQUEST)
+                assert ended(r, sock) == b""
+                (record,) = server_records(caplog, logging.INFO)
+                assert refusal in record.getMessage()
