@@ -359,3 +359,130 @@ def test_proxy_protocol_setting_accepts_its_versions_and_refuses_the_other(
                 assert ended(r, sock) == b""
                 (record,) = server_records(caplog, logging.INFO)
                 assert refusal in record.getMessage()
+
+
+# ------------------------------------------------------------------ refusals
+def _corrupted(header: bytes) -> bytes:
+    return header[:-1] + bytes([header[-1] ^ 0x01])  # a TLV byte after the CRC32C changes
+
+
+# kind -> (what the bad client sends, what the log line says, its level)
+REFUSALS: dict[str, tuple[bytes, str, int]] = {
+    "untrusted": (V2_FULL + REQUEST, "PROXY header expected from an untrusted peer (not in "
+                  "proxy_trusted)", logging.WARNING),
+    "missing": (b"GET / HTTP/1.0\r\n\r\n", "bad PROXY header: not a PROXY protocol header: the "
+                "connection starts with b'GET / HTTP/1.0\\r\\n'", logging.WARNING),
+    "tls-hello-first": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                        "not a PROXY protocol header: the connection starts with b'\\x16\\x03",
+                        logging.WARNING),
+    "malformed-v1": (b"PROXY TCP4 203.0.113.7 198.51.100.1 99999 443\r\n" + REQUEST,
+                     "PROXY v1 port must be 0-65535 without leading zeros, not b'99999'",
+                     logging.WARNING),
+    "bad-crc32c": (_corrupted(V2_FULL) + REQUEST, "PROXY v2 CRC32C does not match the header",
+                   logging.WARNING),
+    # only the 16-byte prefix: refused once the length is read, without waiting for the rest
+    "oversized": (V2_FULL[:14] + struct.pack("!H", 4096 - 16 + 1), "PROXY v2 header declares "
+                  "4097 bytes, more than the 4096 allowed (proxy_header_max_size)",
+                  logging.WARNING),
+    "closed-early": (V2_FULL[:20], "connection closed before its PROXY header was complete",
+                     logging.INFO),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSALS)
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_a_bad_connection_is_closed_alone_with_one_log_line(
+        mode: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="servers")
+    data, message, level = REFUSALS[kind]
+    untrusted = kind == "untrusted"  # the good client then comes from 127.0.0.2
+    trusted = "127.0.0.2/32" if untrusted else servers.TCPServer.proxy_trusted
+    with proxied(mode, proxy_trusted=trusted) as (server, r, _clock):
+        fds = open_fds()
+        with connect(server, "127.0.0.2" if untrusted else None) as good:
+            waiting = awaiting_header(r)
+            good.sendall(V2_FULL[:20])  # in the middle of its header meanwhile
+            assert_waits_quietly(r, waiting)
+            with connect(server, HOST4) as bad:
+                bad.sendall(data)
+                if kind == "closed-early":
+                    bad.shutdown(socket.SHUT_WR)
+                assert ended(r, bad) == b""  # closed; the handler never ran
+                bad_address = bad.getsockname()
+            (record,) = server_records(caplog, logging.INFO)
+            assert record.levelno == level
+            assert record.getMessage().startswith(
+                f"HostileServer({server.server_address!r}): closing connection from "
+                f"{bad_address!r}: ")
+            assert message in record.getMessage()
+            assert waiting in r.requests and waiting.state == "proxy-header"
+            got = exchange(r, good, V2_FULL[20:] + REQUEST)
+            assert got["client_address"] == list(CLIENT4)
+            assert got["proxy"]["peer"] == list(good.getsockname())
+        pump(r, lambda: not r.requests)
+        assert open_fds() == fds
+    assert len(server_records(caplog, logging.INFO)) == 1
+
+
+@pytest.mark.parametrize("family", [pytest.param("ipv6", marks=needs_ipv6),
+                                    pytest.param("unix", marks=needs_unix)])
+def test_refusals_on_ipv6_and_unix_sockets_name_the_peer(
+        family: str, unix_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    with proxied("async", family, unix_path) as (server, r, _clock):
+        with connect(server) as bad:
+            bad.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert ended(r, bad) == b""
+            (record,) = server_records(caplog)
+            assert f"closing connection from {peer_of(bad)}: bad PROXY header: not a " \
+                   "PROXY protocol header" in record.getMessage()
+
+
+@needs_unix
+def test_unix_socket_peers_are_trusted_whatever_proxy_trusted_says(unix_path: str) -> None:
+    with proxied("classic", "unix", unix_path, proxy_trusted=[]) as (server, r, _clock):
+        with connect(server) as sock:
+            assert exchange(r, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
+
+
+@pytest.mark.parametrize("mode", MODE_PARAMS)
+def test_a_header_that_does_not_complete_in_time_is_closed_and_others_are_served(
+        mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="servers")
+    with proxied(mode, proxy_header_timeout=2.0) as (server, r, clock):
+        fds = open_fds()
+        with connect(server) as slow:
+            entry = awaiting_header(r)
+            slow.sendall(V2_FULL[:20])
+            assert_waits_quietly(r, entry)
+            clock.advance(1.9)
+            serve_other_client(r, server)
+            r.run_once(0)
+            assert entry in r.requests and not readable(slow), "closed before its time"
+            clock.advance(0.2)
+            assert ended(r, slow) == b""
+            (record,) = server_records(caplog, logging.INFO)
+            assert record.getMessage().endswith(f"closing connection from "
+                                                f"{slow.getsockname()!r}: no complete PROXY "
+                                                "header within proxy_header_timeout=2.0s")
+        assert not r.requests and open_fds() == fds
+
+
+@pytest.mark.threads
+def test_proxy_header_timeout_on_the_real_clock_under_serve_forever() -> None:
+    class Server(servers.ThreadingTCPServer):
+        proxy_protocol = "v2"
+        proxy_header_timeout = 0.2
+
+    with ServerThread(Server((HOST4, 0), ClassicReport), poll_interval=30) as server:
+        with connect(server) as slow:
+            slow.sendall(V2_FULL[:15])
+            started = time_now()
+            with connect(server) as other:  # served while the slow one waits
+                other.sendall(v2_header(OTHER4, FRONTEND4) + b"other\n")
+                assert json.loads(recv_all(other))["client_address"] == list(OTHER4)
+            assert recv_all(slow) == b""  # closed by the server, not by our 10 s timeout
+            assert 0.2 <= time_now() - started < 5
+
+
+def time_now() -> float:
+    return reactor.MonotonicClock().now()
