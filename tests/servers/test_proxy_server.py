@@ -646,3 +646,35 @@ def test_an_invalid_setting_is_refused_when_serving_starts(
                 getattr(server, start)()
         assert str(raised.value).startswith(message)
         assert server not in r.servers
+
+
+# ------------------------------------------------------------------ a real HAProxy
+@requires_haproxy
+@pytest.mark.threads
+@pytest.mark.parametrize("send_proxy", ["v1", "v2"])
+@pytest.mark.parametrize("server_class,handler", [
+    (servers.ThreadingTCPServer, ClassicReport), (servers.TCPServer, AsyncReport),
+    pytest.param(getattr(servers, "ThreadingUnixStreamServer", None), ClassicReport,
+                 marks=needs_unix)], ids=["threading-classic", "plain-async", "threading-unix"])
+def test_behind_haproxy_handlers_see_the_real_client_addresses(
+        load_balancer: Callable[..., HAProxy], send_proxy: str, server_class: type,
+        handler: type, unix_path: str) -> None:
+    behind = type("BehindHAProxy", (server_class,), {"proxy_protocol": send_proxy})
+    address = unix_path if server_class.address_family != socket.AF_INET else (HOST4, 0)
+    with ServerThread(behind(address, handler)) as server:
+        balancer = load_balancer([server.server_address], send_proxy=send_proxy)
+        for _ in range(3):
+            with socket.create_connection(balancer.address[:2], timeout=10) as sock:
+                sock.sendall(REQUEST)
+                got = json.loads(recv_all(sock))
+                client_address = list(sock.getsockname())
+            assert got["client_address"] == client_address
+            assert got["line"] == REQUEST.decode("latin-1")
+            info = got["proxy"]
+            assert (info["version"], info["command"]) == (int(send_proxy[1]), "PROXY")
+            assert info["source"] == client_address
+            assert info["destination"] == list(balancer.address[:2])
+            if isinstance(address, str):
+                assert info["peer"] == ""  # HAProxy, over an unnamed Unix socket
+            else:
+                assert info["peer"][0] == HOST4 and info["peer"] != client_address  # HAProxy
