@@ -648,6 +648,30 @@ def test_an_invalid_setting_is_refused_when_serving_starts(
         assert server not in r.servers
 
 
+@pytest.mark.parametrize("attr,value,message", [
+    ("proxy_protocol", "v3", "invalid setting (proxy_protocol='v3', proxy_header_max_size=4096)"
+     ": accept must be one of ('v1', 'v2', 'any'), not 'v3'"),
+    ("proxy_header_max_size", 8, "invalid setting (proxy_protocol='v2', "
+     "proxy_header_max_size=8): max_size must be at least 16 bytes, not 8"),
+    ("proxy_trusted", ["bogus"], "invalid setting: proxy_trusted: 'bogus' is not a network"),
+])
+def test_a_setting_made_invalid_while_serving_ends_each_connection_with_one_log_line(
+        attr: str, value: Any, message: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Attributes are read at each accept (docs/proxy.md): a bad one must not stop the loop.
+    with proxied("async", proxy_protocol="v2") as (server, r, _clock):
+        fds = open_fds()
+        setattr(server, attr, value)
+        with connect(server) as sock:
+            sock.sendall(V2_FULL + REQUEST)
+            assert ended(r, sock) == b""
+        (record,) = server_records(caplog)
+        assert record.levelno == logging.ERROR and message in record.getMessage()
+        pump(r, lambda: not r.requests)
+        assert open_fds() == fds
+        delattr(server, attr)  # the class's valid value again: serving goes on
+        with connect(server) as sock:
+            assert exchange(r, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
+
 # ------------------------------------------------------------------ a real HAProxy
 @requires_haproxy
 @pytest.mark.threads
