@@ -252,6 +252,14 @@ class Admission:
 
     def _fail(self, level: int, message: str, *args: Any) -> None:
         """End the connection alone, with one log line naming the server and the peer."""
+        if self.entry.stage is Stage.CLOSED:
+            # Ended already without us (a drain past shutdown_timeout abandons staged
+            # entries): only our timer can still fire. Its descriptor number may belong to
+            # another connection by now, and the server may have left the reactor: touch
+            # nothing, log nothing.
+            self._timer = None
+            self._waiting = ""
+            return
         self._end_wait()
         self._disarm()
         entry = self.entry
