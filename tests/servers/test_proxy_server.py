@@ -673,6 +673,37 @@ def test_a_setting_made_invalid_while_serving_ends_each_connection_with_one_log_
         with connect(server) as sock:
             assert exchange(r, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
 
+
+@pytest.mark.xfail(strict=True, reason=(
+    "servers/tcp.py: _prepare_listener() does not check proxy_header_max_size, so a bad "
+    "value is met only per connection (patch in the hproxy2 report)"))
+@pytest.mark.parametrize("value", [15, "4096", None])
+def test_an_invalid_proxy_header_max_size_is_refused_when_serving_starts(value: Any) -> None:
+    server_class = type("Configured", (servers.TCPServer,),
+                        {"proxy_protocol": "v2", "proxy_header_max_size": value})
+    with server_class((HOST4, 0), ClassicReport) as server, reactor.Reactor() as r:
+        with pytest.raises(ValueError, match="proxy_header_max_size must be an int of at "
+                                             "least 16"):
+            r.register(server)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "servers/base.py: attach() records the reactor before _prepare_listener() refuses the "
+    "settings, so the server stays tied to a reactor it is not registered on (patch in the "
+    "hproxy2 report)"))
+def test_a_server_refused_by_one_reactor_can_then_be_registered_on_another() -> None:
+    server_class = type("Configured", (servers.TCPServer,), {"proxy_protocol": "v3"})
+    with server_class((HOST4, 0), ClassicReport) as server, reactor.Reactor() as first, \
+            reactor.Reactor() as second:
+        with pytest.raises(ValueError, match="proxy_protocol must be"):
+            first.register(server)
+        assert server.reactor is None, "still tied to the reactor that refused it"
+        server.proxy_protocol = "v2"
+        second.register(server)
+        with connect(server) as sock:
+            assert exchange(second, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
+
+
 # ------------------------------------------------------------------ shutdown
 HANDSHAKE_TIMER_OUTLIVES_THE_DRAIN = pytest.mark.xfail(strict=True, reason=(
     "servers/tls.py: ReactorHandshake's timer is not cancelled when a drain abandons its "
