@@ -148,6 +148,7 @@ MODES: dict[str, tuple[str, type]] = {  # mode -> (class name prefix, handler)
     "classic": ("", ClassicReport),
     "async": ("", AsyncReport),
     "threading": ("Threading", ClassicReport),
+    "threading-async": ("Threading", AsyncReport),  # the coroutine driven in the thread
     "forking": ("Forking", ClassicReport),
 }
 MODE_PARAMS = [
@@ -155,6 +156,7 @@ MODE_PARAMS = [
     pytest.param("threading", marks=pytest.mark.threads),
     pytest.param("forking", marks=[pytest.mark.forking, needs_fork]),
 ]
+ALL_MODE_PARAMS = [*MODE_PARAMS, pytest.param("threading-async", marks=pytest.mark.threads)]
 FAMILY_PARAMS = ["ipv4", pytest.param("ipv6", marks=needs_ipv6),
                  pytest.param("unix", marks=needs_unix)]
 V2_FULL = v2_header(CLIENT4, FRONTEND4, TLVS, crc=True)  # TLVs after a checked CRC32C
@@ -254,7 +256,7 @@ def check_report(got: dict[str, Any], sock: socket.socket, version: str, source:
 # ------------------------------------------------------------------ the handler's view
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("family", FAMILY_PARAMS)
-@pytest.mark.parametrize("mode", MODE_PARAMS)
+@pytest.mark.parametrize("mode", ALL_MODE_PARAMS)
 def test_the_handler_sees_the_real_client_and_the_bytes_after_the_header(
         mode: str, family: str, version: str, unix_path: str) -> None:
     header, source, destination, tlvs = HEADERS[family, version]
@@ -326,6 +328,35 @@ def test_http_server_logs_and_address_string_show_the_real_client(mode: str) -> 
     assert got["client_address"] == list(CLIENT4) and got["address_string"] == CLIENT4[0]
     assert got["log"].startswith(f"{CLIENT4[0]} - - [")
     assert got["log"].endswith('"GET /page HTTP/1.0" 200 -\n')
+
+
+def padded(size: int) -> bytes:
+    """A v2 header of exactly `size` bytes: addresses, then one NOOP TLV as padding."""
+    header = v2_header(CLIENT4, FRONTEND4, tlv(0x04, bytes(size - 16 - 12 - 3)))
+    assert len(header) == size
+    return header
+
+
+@pytest.mark.parametrize("max_size", [4096, 64])
+def test_a_v2_header_of_exactly_proxy_header_max_size_is_read_and_one_byte_more_refused(
+        max_size: int, caplog: pytest.LogCaptureFixture) -> None:
+    attrs = {} if max_size == 4096 else {"proxy_header_max_size": max_size}
+    with proxied("async", proxy_protocol="v2", **attrs) as (server, r, _clock):
+        with connect(server) as sock:
+            entry = awaiting_header(r)
+            header = padded(max_size)
+            for start in range(0, max_size - 1, 1000):  # in pieces, the last with the request
+                sock.sendall(header[start:min(start + 1000, max_size - 1)])
+                assert_waits_quietly(r, entry)
+            got = exchange(r, sock, header[-1:] + REQUEST)
+            assert got["client_address"] == list(CLIENT4) and got["proxy"]["tlvs"] == {}
+            assert got["line"] == REQUEST.decode("latin-1")
+        with connect(server) as sock:
+            sock.sendall(padded(max_size + 1) + REQUEST)
+            assert ended(r, sock) == b""
+        (record,) = server_records(caplog)
+        assert f"declares {max_size + 1} bytes, more than the {max_size} allowed " \
+               "(proxy_header_max_size)" in record.getMessage()
 
 
 def test_without_proxy_protocol_nothing_is_read_and_self_proxy_is_none() -> None:
@@ -605,7 +636,7 @@ def tls_exchange(r: reactor.Reactor, sock: socket.socket, context: ssl.SSLContex
 
 
 @pytest.mark.parametrize("family", ["ipv4", pytest.param("unix", marks=needs_unix)])
-@pytest.mark.parametrize("mode", MODE_PARAMS)
+@pytest.mark.parametrize("mode", ALL_MODE_PARAMS)
 def test_proxy_header_in_clear_then_tls_on_the_same_connection(
         mode: str, family: str, unix_path: str,
         tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
@@ -711,7 +742,7 @@ HANDSHAKE_TIMER_OUTLIVES_THE_DRAIN = pytest.mark.xfail(strict=True, reason=(
     "calls _abandon() on a server that left the reactor (AttributeError out of the loop)"))
 
 
-@pytest.mark.parametrize("stage", ["proxy-header", pytest.param(
+@pytest.mark.parametrize("stage", ["proxy-header", "reading-ahead", pytest.param(
     "handshaking", marks=HANDSHAKE_TIMER_OUTLIVES_THE_DRAIN)])
 def test_a_connection_still_in_a_stage_when_a_drain_times_out_is_closed_once(
         stage: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
@@ -719,20 +750,20 @@ def test_a_connection_still_in_a_stage_when_a_drain_times_out_is_closed_once(
     caplog.set_level(logging.INFO, logger="servers")
     clock = reactor.testing.FakeClock()
     attrs = {"proxy_protocol": "v2", "shutdown_timeout": 1.0, "proxy_header_timeout": 5.0,
-             "ssl_handshake_timeout": 5.0}
-    leaving_class = type("Leaving", (servers.TCPServer,),
-                         {**attrs, "ssl_context": tls_contexts[0] if stage == "handshaking"
-                          else None})
+             "ssl_handshake_timeout": 5.0, "read_ahead_timeout": 5.0}
+    leaving_class = type("Leaving", (servers.TCPServer,), {
+        **attrs, "ssl_context": tls_contexts[0] if stage == "handshaking" else None,
+        "read_ahead": b"\n" if stage == "reading-ahead" else None})
     staying_class = type("Staying", (servers.TCPServer,), attrs)
-    with reactor.Reactor(clock=clock) as r, leaving_class((HOST4, 0), AsyncReport) as leaving, \
+    with reactor.Reactor(clock=clock) as r, leaving_class((HOST4, 0), ClassicReport) as leaving, \
             staying_class((HOST4, 0), AsyncReport) as staying:
         r.register(leaving)
         r.register(staying)  # a shared reactor: it goes on serving after `leaving` drained
         with connect(leaving) as stalled:
             entry = awaiting_header(r)
-            if stage == "handshaking":
-                stalled.sendall(V2_FULL)  # then no ClientHello
-                pump(r, lambda: entry.state == "handshaking")
+            if stage != "proxy-header":  # the header, then no ClientHello or no whole line
+                stalled.sendall(V2_FULL + (b"part" if stage == "reading-ahead" else b""))
+                pump(r, lambda: entry.state == stage)
             leaving.begin_shutdown()  # what server.shutdown() and Reactor.shutdown() start
             clock.advance(1.1)
             assert ended(r, stalled) == b""
