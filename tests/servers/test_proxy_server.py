@@ -506,9 +506,9 @@ def test_proxy_header_timeout_on_the_real_clock_under_serve_forever() -> None:
         proxy_header_timeout = 0.2
 
     with ServerThread(Server((HOST4, 0), ClassicReport), poll_interval=30) as server:
+        started = time_now()  # before the connection exists: its accept comes later
         with connect(server) as slow:
             slow.sendall(V2_FULL[:15])
-            started = time_now()
             with connect(server) as other:  # served while the slow one waits
                 other.sendall(v2_header(OTHER4, FRONTEND4) + b"other\n")
                 assert json.loads(recv_all(other))["client_address"] == list(OTHER4)
