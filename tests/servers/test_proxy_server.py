@@ -20,7 +20,6 @@ import http.server
 import io
 import json
 import logging
-import os
 import select
 import socket
 import ssl
@@ -160,10 +159,11 @@ ALL_MODE_PARAMS = [*MODE_PARAMS, pytest.param("threading-async", marks=pytest.ma
 FAMILY_PARAMS = ["ipv4", pytest.param("ipv6", marks=needs_ipv6),
                  pytest.param("unix", marks=needs_unix)]
 V2_FULL = v2_header(CLIENT4, FRONTEND4, TLVS, crc=True)  # TLVs after a checked CRC32C
+CRC_VALUE = V2_FULL[31:35]  # after the prefix (16), the addresses (12), the TLV's type+length
 HEADERS = {  # (family, version) -> (header, source, destination, TLVs as reported)
     ("ipv4", "v1"): (v1_header(CLIENT4, FRONTEND4), CLIENT4, FRONTEND4, {}),
     ("ipv4", "v2"): (V2_FULL, CLIENT4, FRONTEND4,
-                     {"3": V2_FULL[31:35].hex(), "1": b"h2".hex(), "2": b"app.example".hex(),
+                     {"3": CRC_VALUE.hex(), "1": b"h2".hex(), "2": b"app.example".hex(),
                       "5": b"conn-42".hex(), "224": b"custom".hex()}),
     ("ipv6", "v1"): (v1_header(CLIENT6, FRONTEND6), CLIENT6, FRONTEND6, {}),
     ("ipv6", "v2"): (v2_header(CLIENT6, FRONTEND6), CLIENT6, FRONTEND6, {}),
@@ -267,8 +267,11 @@ def test_the_handler_sees_the_real_client_and_the_bytes_after_the_header(
             assert got["tls"] is None
 
 
-V2_CUTS = [1, 12, 13, 14, 15, 16, 17, 20, 27]  # signature, command, family, length, addresses
-V1_CUTS = [1, 5, 6, 10, 11, 17, 35, 40]  # "P", "PROXY", " ", "TCP", "TCP4 ", addresses
+# offsets where a piece ends: in and after the signature, after the command byte, the family
+# byte, inside and after the length, inside the addresses
+V2_CUTS = [1, 12, 13, 14, 15, 16, 17, 20, 27]
+# after "P", "PROXY", "PROXY ", "PROXY TCP4", "PROXY TCP4 ", then inside addresses and ports
+V1_CUTS = [1, 5, 6, 10, 11, 17, 35, 40]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -277,8 +280,8 @@ V1_CUTS = [1, 5, 6, 10, 11, 17, 35, 40]  # "P", "PROXY", " ", "TCP", "TCP4 ", ad
 def test_a_header_split_at_awkward_offsets_is_awaited_without_blocking_or_spinning(
         mode: str, family: str, version: str, unix_path: str) -> None:
     header, source, destination, tlvs = HEADERS[family, version]
-    # ... and the last two cuts put CR and LF in pieces of their own (v1: a piece ends
-    # between them); the header's last byte travels with the request.
+    # Then two more cuts: v1's CR and LF land in pieces of their own (one piece ends between
+    # them), and the header's last byte travels with the request.
     cuts = [cut for cut in (V1_CUTS if version == "v1" else V2_CUTS) if cut < len(header) - 2]
     cuts += [len(header) - 2, len(header) - 1]
     pieces = [header[start:end] for start, end in zip([0, *cuts], cuts)]
@@ -340,7 +343,7 @@ def padded(size: int) -> bytes:
 @pytest.mark.parametrize("max_size", [4096, 64])
 def test_a_v2_header_of_exactly_proxy_header_max_size_is_read_and_one_byte_more_refused(
         max_size: int, caplog: pytest.LogCaptureFixture) -> None:
-    attrs = {} if max_size == 4096 else {"proxy_header_max_size": max_size}
+    attrs: dict[str, Any] = {} if max_size == 4096 else {"proxy_header_max_size": max_size}
     with proxied("async", proxy_protocol="v2", **attrs) as (server, r, _clock):
         with connect(server) as sock:
             entry = awaiting_header(r)
@@ -785,7 +788,7 @@ def test_a_connection_still_in_a_stage_when_a_drain_times_out_is_closed_once(
     pytest.param(getattr(servers, "ThreadingUnixStreamServer", None), ClassicReport,
                  marks=needs_unix)], ids=["threading-classic", "plain-async", "threading-unix"])
 def test_behind_haproxy_handlers_see_the_real_client_addresses(
-        load_balancer: Callable[..., HAProxy], send_proxy: str, server_class: type,
+        load_balancer: Callable[..., HAProxy], send_proxy: str, server_class: Any,
         handler: type, unix_path: str) -> None:
     behind = type("BehindHAProxy", (server_class,), {"proxy_protocol": send_proxy})
     address = unix_path if server_class.address_family != socket.AF_INET else (HOST4, 0)
