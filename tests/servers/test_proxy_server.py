@@ -371,6 +371,17 @@ def test_without_proxy_protocol_nothing_is_read_and_self_proxy_is_none() -> None
             assert got["proxy"] is None and got["client_address"] == list(peer_of(sock))
 
 
+@pytest.mark.parametrize("handler", [ClassicReport, AsyncReport])
+def test_handle_request_serves_one_proxied_request(handler: type) -> None:
+    server_class = type("Once", (servers.TCPServer,), {"proxy_protocol": "v1", "timeout": 10})
+    with server_class((HOST4, 0), handler) as server, connect(server) as sock:
+        sock.sendall(v1_header(CLIENT4, FRONTEND4) + REQUEST)
+        assert server.handle_request() is None  # the header, then the handler, then back
+        got = json.loads(recv_all(sock))
+        assert got["client_address"] == list(CLIENT4) and got["proxy"]["version"] == 1
+        assert not server.reactor.requests
+
+
 # ------------------------------------------------------------------ which versions
 @pytest.mark.parametrize("setting,header,refusal", [
     ("any", v1_header(CLIENT4, FRONTEND4), None),
