@@ -100,7 +100,12 @@ class Admission:
     def _start_proxy_header(self) -> None:
         server, entry = self.server, self.entry
         peer = entry.client_address
-        if not server._proxy_trust().trusts(peer):
+        try:
+            trusted = server._proxy_trust().trusts(peer)
+        except ValueError as exc:  # proxy_trusted was made invalid while serving
+            self._fail(logging.ERROR, "invalid setting: %s", exc)
+            return
+        if not trusted:
             self._fail(logging.WARNING, "PROXY header expected from an untrusted peer "
                        "(not in proxy_trusted)")
             return
@@ -135,6 +140,11 @@ class Admission:
                 raise proxy_protocol.ProxyHeaderError("the header was cut short")
         except proxy_protocol.ProxyHeaderError as exc:
             self._fail(logging.WARNING, "bad PROXY header: %s", exc)
+            return
+        except ValueError as exc:  # not the peer's fault: a setting made invalid while serving
+            self._fail(logging.ERROR, "invalid setting (proxy_protocol=%r, "
+                       "proxy_header_max_size=%r): %s", server.proxy_protocol,
+                       server.proxy_header_max_size, exc)
             return
         except OSError as exc:
             self._fail(logging.INFO, "connection lost during the PROXY header: %s", exc)
@@ -242,6 +252,14 @@ class Admission:
 
     def _fail(self, level: int, message: str, *args: Any) -> None:
         """End the connection alone, with one log line naming the server and the peer."""
+        if self.entry.stage is Stage.CLOSED:
+            # Ended already without us (a drain past shutdown_timeout abandons staged
+            # entries): only our timer can still fire. Its descriptor number may belong to
+            # another connection by now, and the server may have left the reactor: touch
+            # nothing, log nothing.
+            self._timer = None
+            self._waiting = ""
+            return
         self._end_wait()
         self._disarm()
         entry = self.entry
