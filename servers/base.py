@@ -323,10 +323,10 @@ class BaseServer:
         if self._reactor is not None and self._reactor is not reactor:
             raise reactor_pkg.ReactorError(
                 f"{self!r} is already registered on another reactor; unregister it there first")
+        self._prepare_listener()  # refuses invalid settings before the server is tied to it
         self._reactor = reactor
         if self._in_flight is None:
             self._in_flight = {}
-        self._prepare_listener()
         self._start_accepting()
 
     def detach(self, reactor: Any) -> None:

@@ -170,8 +170,8 @@ class ForkingMixIn:
             if self.active_children is None:
                 self.active_children = set()
             self.active_children.add(pid)
+            self._watch_child(pid, request, client_address)  # adopts a staged entry by its fd
             self.close_request(request)  # type: ignore[attr-defined]
-            self._watch_child(pid, request, client_address)
             return
         status = 1
         try:

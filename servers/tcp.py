@@ -23,7 +23,8 @@ from reactor import Stage
 
 from . import tls as tls_stage
 from .base import BaseServer
-from .proxy import ACCEPT_VALUES, DEFAULT_TRUSTED_NETWORKS, ProxyInfo, ProxyTrust
+from .proxy import (ACCEPT_VALUES, DEFAULT_TRUSTED_NETWORKS, V2_PREFIX_BYTES, ProxyInfo,
+                    ProxyTrust)
 from .stages import Admission
 from .unix import bind_unix, remove_if_ours
 
@@ -196,6 +197,10 @@ class TCPServer(BaseServer):
             raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'any', not "
                              f"{self.proxy_protocol!r}")
         self._proxy_trust()  # a malformed proxy_trusted network fails now, not per connection
+        size = self.proxy_header_max_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < V2_PREFIX_BYTES:
+            raise ValueError(f"proxy_header_max_size must be an int of at least "
+                             f"{V2_PREFIX_BYTES} (a v2 header's fixed prefix), not {size!r}")
         if self.socket.gettimeout() is None:
             os.set_blocking(self.socket.fileno(), False)
             self._listener_nonblocking = True

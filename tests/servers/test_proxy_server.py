@@ -547,15 +547,8 @@ class AsyncHeld(AsyncReport):
 
 
 HELD_STATE = {"async": "reading", "threading": "in-thread", "forking": "in-child"}
-FORKING_ADOPTS_A_NEW_ENTRY = pytest.mark.xfail(strict=True, reason=(
-    "servers/mixins.py: ForkingMixIn.process_request closes the parent's copy of the request "
-    "before _watch_child() looks its staged entry up by descriptor (-1 by then), so the "
-    "child gets a new entry and the staged one is closed: move close_request() after "
-    "_watch_child()"))
-
-
 @pytest.mark.parametrize("mode", [*MODE_PARAMS[:3], pytest.param(
-    "forking", marks=[pytest.mark.forking, needs_fork, FORKING_ADOPTS_A_NEW_ENTRY])])
+    "forking", marks=[pytest.mark.forking, needs_fork])])
 def test_the_entry_awaiting_a_header_is_the_one_that_runs_the_request(mode: str) -> None:
     held = AsyncHeld if mode == "async" else ClassicHeld
     with proxied(mode, handler=held) as (server, r, _clock):
@@ -721,9 +714,6 @@ def test_a_setting_made_invalid_while_serving_ends_each_connection_with_one_log_
             assert exchange(r, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "servers/tcp.py: _prepare_listener() does not check proxy_header_max_size, so a bad "
-    "value is met only per connection (patch in the hproxy2 report)"))
 @pytest.mark.parametrize("value", [15, "4096", None])
 def test_an_invalid_proxy_header_max_size_is_refused_when_serving_starts(value: Any) -> None:
     server_class = type("Configured", (servers.TCPServer,),
@@ -734,10 +724,6 @@ def test_an_invalid_proxy_header_max_size_is_refused_when_serving_starts(value: 
             r.register(server)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "servers/base.py: attach() records the reactor before _prepare_listener() refuses the "
-    "settings, so the server stays tied to a reactor it is not registered on (patch in the "
-    "hproxy2 report)"))
 def test_a_server_refused_by_one_reactor_can_then_be_registered_on_another() -> None:
     server_class = type("Configured", (servers.TCPServer,), {"proxy_protocol": "v3"})
     with server_class((HOST4, 0), ClassicReport) as server, reactor.Reactor() as first, \
