@@ -171,15 +171,16 @@ class ReusePortUDP(servers.UDPServer):
 # --------------------------------------------------------------------------- in this process
 # (the supervisor forks from the test process: these tests start no thread)
 def test_arguments_are_checked_with_a_message_saying_what_to_give() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"workers": 0}, "workers must be a whole number >= 1"),
+        ({"worker_timeout": 0}, "worker_timeout must be > 0"),
+        ({"max_requests": 0}, "max_requests must be >= 1 or None"),
+        ({"max_requests_jitter": -1}, "max_requests_jitter must be >= 0"),
+        ({"max_start_failures": 0}, "max_start_failures must be >= 1"),
+        ({"reuse_port": True}, "set allow_reuse_port = True on TCPServer"),
+    ]
     with servers.TCPServer(("127.0.0.1", 0), Who) as server:
-        for kwargs, message in [
-            ({"workers": 0}, "workers must be a whole number >= 1"),
-            ({"worker_timeout": 0}, "worker_timeout must be > 0"),
-            ({"max_requests": 0}, "max_requests must be >= 1 or None"),
-            ({"max_requests_jitter": -1}, "max_requests_jitter must be >= 0"),
-            ({"max_start_failures": 0}, "max_start_failures must be >= 1"),
-            ({"reuse_port": True}, "set allow_reuse_port = True on TCPServer"),
-        ]:
+        for kwargs, message in cases:
             with pytest.raises(ValueError, match=re.escape(message)):
                 servers.Supervisor([server], **kwargs)
         with pytest.raises(ValueError, match="at least one server"):
