@@ -127,9 +127,11 @@ def client_for(url: str) -> socket.socket:
 def ask(url: str, data: bytes) -> bytes:
     """One request: a datagram's answer, or a stream's bytes until EOF."""
     with client_for(url) as sock:
-        sock.sendall(data)
+        if data:  # a Unix socket whose peer has already closed refuses even b"" (EPIPE)
+            sock.sendall(data)
         if sock.type == socket.SOCK_DGRAM:
             return sock.recv(65536)
+        sock.shutdown(socket.SHUT_WR)
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
@@ -659,3 +661,102 @@ def test_shutdown_from_another_thread_returns_once_every_worker_has_stopped(
     stopped = {int(m[1]) for line in run.seen if (m := re.search(r"worker (\d+) stopped", line))}
     assert stopped == set(pids)  # both were logged before shutdown() returned
     assert run.proc.wait(timeout=10) == 0
+
+
+# --------------------------------------------------------------------------- the command line
+HANDLER_V1 = """
+import os
+import servers
+
+with open("imported-by", "a") as log:  # which processes import this module
+    log.write(f"{os.getpid()}\\n")
+
+
+class Hello(servers.StreamRequestHandler):
+    async def handle(self) -> None:
+        self.wfile.write(b"v1 from %d\\n" % os.getpid())
+"""
+
+
+def command(*args: str, cwd: Path | None = None) -> Program:
+    return Program([sys.executable, "-m", "servers", *args], cwd=cwd)
+
+
+@pytest.mark.slow
+def test_cli_workers_import_the_handler_themselves_so_a_reload_deploys_new_code(
+        tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(HANDLER_V1)
+    run = command("hello:Hello", "--bind", "tcp://127.0.0.1:0", "--bind",
+                  f"unix:{tmp_path / 'hello.sock'}", "--workers", "2", "--log-level", "info",
+                  cwd=tmp_path)
+    try:
+        tcp = run.wait_for(r"^serving Hello on (tcp://127.0.0.1:\d+) \(reactor mode, 2 "
+                           r"workers\)$")[1]
+        assert not tcp.endswith(":0")  # the real port
+        unix = run.wait_for(r"^serving Hello on (unix:\S+) ")[1]
+        old = set(run.ready_pids(2))
+        for url in (tcp, unix):
+            assert re.fullmatch(rb"v1 from (\d+)\n", ask(url, b""))
+        (tmp_path / "hello.py").write_text(HANDLER_V1.replace("v1", "version 2"))
+        run.proc.send_signal(signal.SIGHUP)
+        run.wait_for(r"reload: new workers \[\d+, \d+\] ready; stopping the old ones")
+        for _ in old:  # until then the old workers may still accept (and serve v1)
+            run.wait_for(r"worker \d+ stopped \(exit status 0\)")
+        reply = ask(tcp, b"")
+        assert reply.startswith(b"version 2 from ")
+        assert int(reply.split()[-1]) not in old
+        assert run.stop() == 0
+        importers = {int(pid) for pid in (tmp_path / "imported-by").read_text().split()}
+        assert run.proc.pid not in importers  # only workers (and a checking child) imported it
+        assert old <= importers
+        assert not (tmp_path / "hello.sock").exists()
+    finally:
+        run.close()
+
+
+@pytest.mark.slow
+def test_cli_reuse_port_and_max_requests(tmp_path: Path) -> None:
+    run = command("servers.builtin:Echo", "--bind", "tcp://127.0.0.1:0", "--bind",
+                  "udp://127.0.0.1:0", "--workers", "1", "--reuse-port", "--max-requests", "2",
+                  "--log-level", "info")
+    try:
+        tcp = run.wait_for(r"^serving Echo on (\S+) \(reactor mode, 1 workers\)")[1]
+        udp = run.wait_for(r"^serving DatagramEcho on (\S+) ")[1]
+        [pid] = run.ready_pids(1)
+        assert ask(tcp, b"one\n") == b"one\n"
+        assert ask(udp, b"two") == b"two"
+        run.wait_for(rf"worker {pid} reached max_requests; starting its replacement")
+        run.wait_for(rf"worker {pid} stopped \(exit status 0\)")
+        assert ask(tcp, b"three\n") == b"three\n"
+        assert run.stop(signal.SIGINT) == 0
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--reuse-port"], "--reuse-port applies with --workers N"),
+    (["--workers", "2", "--max-requests-jitter", "3"],
+     "--max-requests-jitter applies with --max-requests"),
+    (["--workers", "0"], "write a whole number >= 1, not '0'"),
+    (["--workers", "2", "--worker-timeout", "0"], "write a number of seconds > 0"),
+])
+def test_cli_worker_options_are_checked(args: list[str], message: str, capsys: Any) -> None:
+    from servers import cli
+    with pytest.raises(SystemExit) as info:
+        cli.main(["servers.builtin:Echo", "--bind", "tcp://127.0.0.1:0", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_workers_with_a_handler_that_cannot_load_bind_nothing(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('broken on import')\n")
+    for spec, status, text in (("nosuch:Handler", 2, "no module named 'nosuch'"),
+                               ("broken:Handler", 1, "RuntimeError: broken on import")):
+        run = command(spec, "--bind", "tcp://127.0.0.1:0", "--workers", "2", cwd=tmp_path)
+        try:
+            run.wait_for(re.escape(text))
+            assert run.proc.wait(timeout=10) == status
+            assert not any(line.startswith("serving") for line in run.seen)
+        finally:
+            run.close()
