@@ -88,6 +88,7 @@ class _Worker:
     def __init__(self, servers: Sequence[Any], pipe: int, options: WorkerOptions) -> None:
         self.servers = list(servers)
         self.pipe = pipe
+        os.set_blocking(pipe, False)  # a slow supervisor must never block this loop
         self.options = options
         self.loop = reactor.Reactor()
         self.outbox = b""

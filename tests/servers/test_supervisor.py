@@ -760,3 +760,47 @@ def test_cli_workers_with_a_handler_that_cannot_load_bind_nothing(tmp_path: Path
             assert not any(line.startswith("serving") for line in run.seen)
         finally:
             run.close()
+
+
+CHANGES_IN_WORKERS = """
+import signal
+import servers
+
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # in a worker (it ignores SIGHUP)
+    class Changed(servers.StreamRequestHandler):
+        def handle(self) -> None:  # now a plain def: --mode reactor refuses it
+            pass
+else:  # in the child that checks the arguments
+    class Changed(servers.StreamRequestHandler):
+        async def handle(self) -> None:
+            pass
+"""
+
+
+@pytest.mark.slow
+def test_cli_workers_that_cannot_load_the_handler_end_with_the_cause(tmp_path: Path) -> None:
+    (tmp_path / "changed.py").write_text(CHANGES_IN_WORKERS)
+    run = command("changed:Changed", "--bind", "tcp://127.0.0.1:0", "--workers", "1",
+                  "--mode", "reactor", cwd=tmp_path)
+    try:
+        run.wait_for(r"^serving Changed on ")
+        run.wait_for(r"error: 5 worker processes in a row died before they were ready; the "
+                     r"last one: ValueError: Changed.handle is a plain def")
+        assert run.proc.wait(timeout=10) == 1
+    finally:
+        run.close()
+
+
+@pytest.mark.slow
+def test_cli_workers_on_an_address_in_use_exit_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = command("servers.builtin:Echo", "--bind", f"unix:{tmp_path / 'e.sock'}",
+                      "--bind", f"tcp://127.0.0.1:{port}", "--workers", "2")
+        try:
+            run.wait_for(rf"error: cannot listen on tcp://127.0.0.1:{port}: .*Address already "
+                         "in use")
+            assert run.proc.wait(timeout=10) == 1
+        finally:
+            run.close()
+    assert not (tmp_path / "e.sock").exists()  # the address bound first was released
