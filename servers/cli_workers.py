@@ -3,12 +3,13 @@
 (cli.py calls `add_options`, `check_options` and `main`; this module imports cli.py's public
 parts only when called, so the two import each other safely.)
 
-The servers are bound here, in the supervising process, which then runs a `Supervisor`; each
-worker imports the handler module itself (`_load_handlers`, the supervisor's `worker_setup`),
-so that a SIGHUP reload serves the code as it is on disk now. This process never imports the
-handler module: the arguments are checked, and the mode chosen, by `cli.make_plans()` in a
-forked child that reports the outcome and exits (`_plan_in_a_child`). The mode chosen at start
-stays across reloads; the handler's code is what a reload deploys.
+The servers are bound here (or taken over: `fd:N`, `systemd:NAME`), in the supervising
+process, which then runs a `Supervisor`; each worker imports the handler module itself
+(`_load_handlers`, the supervisor's `worker_setup`), so that a SIGHUP reload serves the code
+as it is on disk now. This process never imports the handler module: the arguments are
+checked, and the mode chosen, by `cli.make_plans()` in a forked child that reports the outcome
+and exits (`_plan_in_a_child`). The mode chosen at start stays across reloads; the handler's
+code is what a reload deploys. Under systemd the supervisor sends the notifications.
 
 Exit status as without workers: 0 after a graceful stop, 1 when an address cannot be bound
 or the workers cannot start, 2 for bad arguments, 128 + signal number when a second signal
@@ -27,6 +28,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import handlers
 
 from . import builtin, cli
+from .base import BaseServer
 from .supervisor import Supervisor, WorkerStartError
 
 __all__ = ["add_options", "check_options", "main"]
@@ -72,7 +74,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if isinstance(planned, int):
         return planned
     mode, names = planned
-    binds = [cli.parse_bind(text) for text in args.bind]
+    try:  # the child checked the same binds; it took its own copies of inherited sockets
+        binds = cli.take_inherited_binds([cli.parse_bind(text) for text in args.bind])
+    except ValueError as exc:
+        parser.error(str(exc))
     settings = {name: vars(args)[name] for name in cli.SERVER_OPTIONS if name in vars(args)}
     reuse_port = "reuse_port" in vars(args)
     made: list[Any] = []
@@ -80,17 +85,24 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for bind in binds:
             extra = {"allow_reuse_port": True} if reuse_port and bind.kind in ("tcp", "udp") \
                 else {}
-            server_class = cli.server_class_for(mode, bind.kind, {**settings, **extra})
-            made.append(server_class(bind.address, handlers.BaseRequestHandler))
+            server_class: type[BaseServer] = cli.server_class_for(mode, bind.kind,
+                                                                  {**settings, **extra})
+            if bind.socket is not None:  # inherited: served as it is
+                made.append(server_class.from_socket(bind.socket, handlers.BaseRequestHandler))
+            else:
+                made.append(server_class(bind.address, handlers.BaseRequestHandler))
         supervisor = Supervisor(
             made, args.workers, reuse_port=reuse_port,
             worker_timeout=vars(args).get("worker_timeout", 30.0),
             max_requests=vars(args).get("max_requests"),
             max_requests_jitter=vars(args).get("max_requests_jitter", 0),
-            worker_setup=lambda servers: _load_handlers(args, servers))
-    except OSError as exc:
+            worker_setup=lambda servers: _load_handlers(args, mode, binds, servers))
+    except (OSError, ValueError) as exc:  # ValueError: an inherited socket that cannot serve
         for server in made:
             server.server_close()
+        for bind in binds[len(made):]:
+            if bind.socket is not None:
+                bind.socket.close()
         where = binds[len(made)].url if len(made) < len(binds) else "the addresses"
         print(f"{parser.prog}: error: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
@@ -108,16 +120,28 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if supervisor.forced_by is None else 128 + supervisor.forced_by
 
 
-def _load_handlers(args: argparse.Namespace, servers: Sequence[Any]) -> None:
+def _load_handlers(args: argparse.Namespace, mode: str, binds: Sequence[cli.Bind],
+                   servers: Sequence[Any]) -> None:
     """In a new worker: import the handler module (fresh from disk) and give each server its
-    handler class. A problem is this worker's start failure, with the message as the cause."""
-    plans = cli.make_plans(args, _raise)
-    for plan, server in zip(plans, servers):
-        server.RequestHandlerClass = plan.handler_class
+    handler class. A problem is this worker's start failure, with the message as the cause.
 
-
-def _raise(message: str) -> NoReturn:
-    raise ValueError(message)
+    Raises:
+        ValueError: the module or class is missing, or the handler no longer fits the mode
+            chosen at start (a `def handle()` in reactor mode would stall the loop).
+    """
+    handler = cli.load_handler(args.handler)
+    for bind, server in zip(binds, servers):
+        cls = cli.handler_for(handler, bind)
+        if (mode == "reactor" and not cli.is_async(cls)) or \
+                (mode == "sync" and cli.is_async(cls)):
+            kind = "async def" if cli.is_async(cls) else "a plain def"
+            raise ValueError(f"{cls.__name__}.handle is {kind}, which {mode} mode (chosen at "
+                             "start) cannot run; restart to change the mode")
+        if "timeout" in vars(args):
+            cls = type(cls.__name__, (cls,), {"timeout": args.timeout,
+                                              "__module__": cls.__module__,
+                                              "__qualname__": cls.__qualname__})
+        server.RequestHandlerClass = cls
 
 
 def _plan_in_a_child(args: argparse.Namespace,
@@ -131,6 +155,9 @@ def _plan_in_a_child(args: argparse.Namespace,
         status = 1
         try:
             os.close(read_end)
+            if os.environ.get("LISTEN_PID") == str(os.getppid()):
+                # sockets passed to the supervisor: this child checks them on its behalf
+                os.environ["LISTEN_PID"] = str(os.getpid())
             plans = cli.make_plans(args, parser.error)
             report = {"mode": plans[0].mode, "names": [p.handler_class.__name__ for p in plans]}
             os.write(write_end, json.dumps(report).encode())

@@ -51,7 +51,8 @@ def reserve_address(server: Any) -> None:
         raise ValueError("reuse_port=True needs SO_REUSEPORT, which this platform lacks")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
         raise ValueError(f"reuse_port=True needs servers bound with SO_REUSEPORT; set "
-                         f"allow_reuse_port = True on {type(server).__name__} (a subclass)")
+                         f"allow_reuse_port = True on {type(server).__name__} (a subclass), "
+                         "or ReusePort=yes for a socket systemd passes")
     placeholder = socket.socket(sock.family, sock.type)
     try:
         placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

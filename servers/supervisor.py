@@ -4,7 +4,10 @@ The supervising process keeps the servers' sockets bound and serves no request i
 never registers them on a reactor. It forks `workers` processes (`worker.py`), each with a
 reactor of its own serving every server, and watches them from a small reactor of its own
 (`processes.py`: pidfds, pipes, heartbeat timers). This module holds the policy: how many
-workers, which generation is current, who retires, when to give up.
+workers, which generation is current, who retires, when to give up. Under systemd
+(`NOTIFY_SOCKET`) it is the process that notifies, as `NotifyAccess=main` requires: READY=1
+once every worker accepts, RELOADING=1 then READY=1 around a reload, STOPPING=1, and the
+watchdog from its own loop.
 
 Why callbacks never fork: a pidfd, a message or a signal only changes the wanted state (how
 many workers, which generation, who retires); `serve_forever()` compares it with the live
@@ -25,6 +28,7 @@ import reactor
 
 from .processes import ForkSafeSelector, WorkerProcess, WorkerTable, describe_exit
 from .reuseport import reserve_address
+from .systemd import Notifier
 from .worker import WorkerOptions
 
 __all__ = ["Supervisor", "WorkerStartError", "MAX_START_FAILURES"]
@@ -108,6 +112,9 @@ class Supervisor:
         #: The signal that cut the last graceful stop short (a second SIGTERM or SIGINT).
         self.forced_by: int | None = None
         self._table: WorkerTable | None = None
+        self._notifier: Notifier | None = None
+        self._announced = False  # READY=1 sent for the current run or reload
+        self._told_stopping = False  # STOPPING=1 sent
         self._serving_thread: int | None = None
         self._stopped = threading.Event()
         self._stopped.set()
@@ -149,6 +156,8 @@ class Supervisor:
                                           self._on_ready, self._on_retire, self._on_exit)
         self._serving_thread = threading.get_ident()
         self._stopped.clear()
+        self._notifier = Notifier(loop)  # does nothing unless NOTIFY_SOCKET is set
+        self._announced = self._told_stopping = False
         self.forced_by = self._fatal = None
         self._reloading = False
         self._start_failures = 0
@@ -163,6 +172,8 @@ class Supervisor:
                 loop.run_once(None)
         finally:
             table.kill_all()  # only after an unexpected exception: none is left otherwise
+            self._notifier.close()
+            self._notifier = None
             self._table = None
             self._stop_requested = False
             loop.close()
@@ -234,6 +245,9 @@ class Supervisor:
 
     def _begin_stop(self) -> None:
         self._stop_requested = True
+        if self._notifier is not None and not self._told_stopping:
+            self._told_stopping = True
+            self._notifier.stopping()
         for worker in self._table or ():
             self._stop_worker(worker)
 
@@ -242,6 +256,9 @@ class Supervisor:
             return
         self._generation += 1
         self._reloading = True
+        self._announced = False
+        if self._notifier is not None:
+            self._notifier.reloading()
         logger.info("reloading: starting %d new workers; the %d old ones stop once those are "
                     "ready", self.workers, len(self._table))
 
@@ -264,6 +281,9 @@ class Supervisor:
         current = current[surplus:]
         if sum(w.ready for w in current) >= self.workers:
             self._stop_replaced(table)
+            if not self._announced and self._notifier is not None:
+                self._announced = True
+                self._notifier.ready()
         for _ in range(self.workers - len(current)):
             if self._stop_requested or table.loop.time() < self._restart_at:
                 break  # a start failed: the back-off timer brings us back here
@@ -350,6 +370,7 @@ class Supervisor:
             self._restart_at = 0.0
             for worker in table:
                 worker.generation = self._generation
+            self._announced = False  # READY=1 again: the reload is over
             return
         self._fatal = WorkerStartError(self._start_failures, cause)
         logger.error("%s; stopping", self._fatal)

@@ -40,12 +40,14 @@ pytestmark = [pytest.mark.forking,
 class Program:
     """A subprocess whose stderr is read line by line, each read bounded."""
 
-    def __init__(self, argv: list[str], cwd: Path | None = None) -> None:
+    def __init__(self, argv: list[str], cwd: Path | None = None,
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            PYTHONDONTWRITEBYTECODE="1")
+            PYTHONDONTWRITEBYTECODE="1", **(env or {}))
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=pass_fds)
         assert self.proc.stderr is not None
         self._stderr = self.proc.stderr
         self._buffer = b""
@@ -97,8 +99,8 @@ class Program:
 def program() -> Iterator[Callable[..., Program]]:
     started: list[Program] = []
 
-    def start(*args: str, cwd: Path | None = None) -> Program:
-        started.append(Program([sys.executable, str(SCRIPT), *args], cwd=cwd))
+    def start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Program:
+        started.append(Program([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env))
         return started[-1]
 
     yield start
@@ -588,6 +590,42 @@ def test_reuse_port_gives_each_worker_its_own_socket(program: Any) -> None:
 
 
 @pytest.mark.slow
+def test_under_systemd_the_supervisor_sends_every_notification_itself(program: Any,
+                                                                      tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(path)
+        manager.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the sender's pid
+        manager.settimeout(10)
+        run = program("--bind", "tcp", "--workers", "2",
+                      env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
+        senders: set[int] = set()
+
+        def receive() -> str:
+            data, ancillary, _, _ = manager.recvmsg(4096, socket.CMSG_SPACE(12))
+            senders.update(int.from_bytes(payload[:4], sys.byteorder)
+                           for _, _, payload in ancillary)
+            return data.decode()
+
+        def next_state() -> str:  # the next notification other than a watchdog ping
+            while (state := receive()) == "WATCHDOG=1":
+                pass
+            return state
+
+        assert next_state() == "READY=1"
+        while receive() != "WATCHDOG=1":  # pings every half WATCHDOG_USEC, from its loop
+            pass
+        run.ready_pids(2)  # both were logged before READY=1 was sent
+        run.proc.send_signal(signal.SIGHUP)
+        assert next_state().startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert next_state() == "READY=1"
+        run.wait_for(r"reload: new workers \[\d+, \d+\] ready")
+        assert run.stop() == 0
+        assert next_state() == "STOPPING=1"
+        assert senders == {run.proc.pid}  # the supervisor, as NotifyAccess=main requires
+
+
+@pytest.mark.slow
 def test_max_requests_jitter_gives_each_worker_a_limit_in_the_range(program: Any) -> None:
     run = program("--bind", "tcp", "--workers", "1", "--max-requests", "2",
                   "--max-requests-jitter", "3")
@@ -804,3 +842,29 @@ def test_cli_workers_on_an_address_in_use_exit_1(tmp_path: Path) -> None:
         finally:
             run.close()
     assert not (tmp_path / "e.sock").exists()  # the address bound first was released
+
+
+@pytest.mark.slow
+def test_cli_workers_serve_sockets_passed_by_a_service_manager() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as tcp, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        launcher = str(Path(__file__).with_name("socket_activate.py"))
+        run = Program([sys.executable, launcher, f"{tcp.fileno()}=echo",
+                       f"{udp.fileno()}=echo", "--", sys.executable, "-m", "servers",
+                       "servers.builtin:Echo", "--bind", "systemd:echo", "--workers", "2",
+                       "--log-level", "info"], pass_fds=(tcp.fileno(), udp.fileno()))
+        try:
+            port = tcp.getsockname()[1]
+            assert run.wait_for(r"^serving Echo on (\S+) ")[1] == f"tcp://127.0.0.1:{port}"
+            udp_url = run.wait_for(r"^serving DatagramEcho on (\S+) \(reactor mode, 2 "
+                                   r"workers\)")[1]
+            run.ready_pids(2)
+            assert ask(f"tcp://127.0.0.1:{port}", b"passed\n") == b"passed\n"
+            assert ask(udp_url, b"datagram") == b"datagram"
+            run.proc.send_signal(signal.SIGHUP)  # the passed sockets stay: no refusal
+            run.wait_for(r"reload: new workers \[\d+, \d+\] ready")
+            assert ask(f"tcp://127.0.0.1:{port}", b"again\n") == b"again\n"
+            assert run.stop() == 0
+        finally:
+            run.close()
