@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--reuse-port", action="store_true")
     parser.add_argument("--classic", action="store_true", help="classic stream handler")
     parser.add_argument("--max-start-failures", type=int, default=5)
+    parser.add_argument("--max-connections", type=int)
     parser.add_argument("--hang-start", action="store_true")
     parser.add_argument("--fail-if", metavar="PATH", help="workers fail to start while PATH "
                         "exists")
@@ -124,6 +125,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(message)s")
     made = [make_server(spec, args) for spec in args.bind]
+    for server in made:
+        if args.max_connections is not None:
+            server.max_connections = args.max_connections
     supervisor = servers.Supervisor(
         made, args.workers, reuse_port=args.reuse_port, worker_timeout=args.worker_timeout,
         max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,

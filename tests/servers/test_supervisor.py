@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import recv_line
 
 import reactor
 import servers
@@ -357,6 +358,21 @@ def test_workers_serve_tcp_udp_unix_and_unixgram(program: Any, tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_a_worker_at_its_bound_leaves_new_connections_to_the_others(program: Any) -> None:
+    run = program("--bind", "tcp", "--workers", "2", "--max-connections", "1")
+    url = run.wait_for(r"^listening (\S+)")[1]
+    pids = run.ready_pids(2)
+    with client_for(url) as busy:
+        busy.sendall(b"slow\n")
+        assert recv_line(busy) == b"waiting\n"  # its worker is at max_connections=1
+        other = answering_pid(url)  # so only the other worker can accept this one
+        busy.sendall(b"go on\n")
+        first = int(re.fullmatch(rb"pid (\d+) slow\n", recv_line(busy))[1])
+    assert {first, other} == set(pids)
+    assert run.stop() == 0
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_log_says_how_it_ended(program: Any) -> None:
     run = program("--bind", "tcp", "--workers", "1")
     url = run.wait_for(r"^listening (\S+)")[1]
@@ -453,7 +469,7 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(program: Any) -> N
     [pid] = run.ready_pids(1)
     with client_for(url) as slow:
         slow.sendall(b"slow\n")
-        assert slow.recv(100) == b"waiting\n"  # the request is in flight in the worker
+        assert recv_line(slow) == b"waiting\n"  # the request is in flight in the worker
         run.proc.send_signal(signal.SIGTERM)
         run.wait_for(rf"worker {pid}: stopping; draining 1 requests in flight")
         slow.sendall(b"go on\n")
@@ -472,7 +488,7 @@ def test_a_second_sigterm_stops_the_workers_at_once(program: Any) -> None:
     [pid] = run.ready_pids(1)
     with client_for(url) as slow:
         slow.sendall(b"slow\n")
-        assert slow.recv(100) == b"waiting\n"
+        assert recv_line(slow) == b"waiting\n"
         run.proc.send_signal(signal.SIGTERM)
         run.wait_for(rf"worker {pid}: stopping")
         run.proc.send_signal(signal.SIGTERM)
@@ -548,7 +564,7 @@ def test_sighup_reload_under_load_refuses_and_cuts_nothing(program: Any) -> None
         # a slow request in flight on an old worker: it must finish after the reloads
         slow = client_for(url)
         slow.sendall(b"slow\n")
-        assert slow.recv(100) == b"waiting\n"
+        assert recv_line(slow) == b"waiting\n"
         for _ in range(2):
             wait_for_answers(700 * len(generations))
             run.proc.send_signal(signal.SIGHUP)
@@ -558,7 +574,7 @@ def test_sighup_reload_under_load_refuses_and_cuts_nothing(program: Any) -> None
             generations.append({int(match[1]), int(match[2])})
         slow.sendall(b"go on\n")
         with slow:
-            assert slow.recv(100).startswith(b"pid ")
+            assert recv_line(slow).startswith(b"pid ")
         wait_for_answers(700 * len(generations))
     finally:
         stop.set()
@@ -645,11 +661,11 @@ def test_a_threading_server_in_a_worker_drains_its_threads(program: Any) -> None
     [pid] = run.ready_pids(1)
     with client_for(url) as slow:
         slow.sendall(b"slow\n")
-        assert slow.recv(100) == b"waiting\n"  # in a thread of the worker
+        assert recv_line(slow) == b"waiting\n"  # in a thread of the worker
         run.proc.send_signal(signal.SIGTERM)
         run.wait_for(rf"worker {pid}: stopping; draining 1 requests in flight")
         slow.sendall(b"go on\n")
-        assert slow.recv(100) == b"pid %d slow\n" % pid
+        assert recv_line(slow) == b"pid %d slow\n" % pid
     run.wait_for(rf"worker {pid} stopped \(exit status 0\)")
     assert run.proc.wait(timeout=10) == 0
 
@@ -663,7 +679,7 @@ def test_a_forking_server_in_a_worker_has_its_children_cut_off_at_the_deadline(
     [pid] = run.ready_pids(1)
     with client_for(url) as slow:
         slow.sendall(b"slow\n")
-        assert slow.recv(100).endswith(b"waiting\n")  # in a child of the worker
+        assert recv_line(slow) == b"waiting\n"  # in a child of the worker
         run.proc.send_signal(signal.SIGTERM)
         run.wait_for(rf"worker {pid}: cutting off 1 requests still running in threads or "
                      "children")
@@ -681,7 +697,7 @@ def test_a_worker_that_never_finishes_draining_is_killed_after_the_grace_period(
     [pid] = run.ready_pids(1)
     with client_for(url) as stubborn:  # its handler swallows the cancellation
         stubborn.sendall(b"stubborn\n")
-        assert stubborn.recv(100) == b"waiting\n"
+        assert recv_line(stubborn) == b"waiting\n"
         run.proc.send_signal(signal.SIGTERM)
         run.wait_for(rf"worker {pid} still runs 0.7 s after SIGTERM; killing it")
         run.wait_for(rf"worker {pid} killed: still running 0.7 s after SIGTERM \(killed by "
