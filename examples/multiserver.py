@@ -11,6 +11,10 @@ slow client never holds up the others. Ctrl-C or SIGTERM stops it gracefully: no
 connections, requests in flight finish (up to --shutdown-timeout seconds), the Unix socket file
 is removed, and the exit status is 0. Ports and paths are flags; port 0 picks a free port (the
 real addresses are printed at start, which is how the tests find them).
+
+With `--workers N` a `servers.Supervisor` serves the same four services from N processes, each
+with its own reactor (and its own table and counters: the pages and `stats` say which pid
+answered); SIGHUP replaces the workers without refusing a connection.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class Counters:
     served: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     def report(self) -> str:
-        lines = [f"uptime {time.monotonic() - self.started:.0f}s"]
+        lines = [f"pid {os.getpid()}, uptime {time.monotonic() - self.started:.0f}s"]
         lines += [f"{name}: {count}" for name, count in sorted(self.served.items())]
         return "\n".join(lines) + "\n"
 
@@ -53,6 +57,7 @@ class Service:
 
     name = ""
     counters: Counters
+    supervisor_pid: int | None = None  # with --workers: the process that stops everything
     shutdown_timeout: float  # servers.BaseServer's, declared here for the type checker
 
 
@@ -122,7 +127,11 @@ class Admin(servers.StreamRequestHandler):
                 self.wfile.write(service(self).counters.report().encode())
             elif command == "shutdown":
                 self.wfile.write(b"shutting down\n")
-                self.reactor.shutdown()  # from inside a handler: returns at once, then drains
+                supervisor = service(self).supervisor_pid
+                if supervisor is not None:  # a worker: the supervisor stops them all
+                    os.kill(supervisor, signal.SIGTERM)
+                else:  # from inside a handler: returns at once, then drains
+                    self.reactor.shutdown()
                 return
             elif command == "quit":
                 return
@@ -183,7 +192,8 @@ class StatusPage(servers.StreamRequestHandler):
         if target != "/":
             return 404, "text/plain", b"not found; try / or /status.txt\n"
         body = (f"<!doctype html>\n<title>multiserver status</title>\n"
-                f"<h1>multiserver: {len(self.reactor.requests)} requests in flight</h1>\n"
+                f"<h1>multiserver (pid {os.getpid()}): {len(self.reactor.requests)} "
+                "requests in flight</h1>\n"
                 f"<pre>{html.escape(counters)}</pre>\n<h2>Request table</h2>\n"
                 f"<pre>{html.escape(table)}</pre>\n")
         return 200, "text/html; charset=utf-8", body.encode()
@@ -211,13 +221,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="path of the admin Unix socket (default %(default)s)")
     parser.add_argument("--shutdown-timeout", type=float, default=5.0,
                         help="seconds a graceful stop waits for requests in flight (5)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="serve from this many worker processes (default 0: this one)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     counters = Counters()
-    with reactor.Reactor() as loop, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         try:
             made: list[Service] = [
                 stack.enter_context(LineServer((args.host, args.tcp_port), UpperLines)),
@@ -232,8 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in made:
             server.counters = counters
             server.shutdown_timeout = args.shutdown_timeout
-            loop.register(server)
             print(f"{server.name:<17} {describe(server)}")
+        if args.workers:
+            serve_with_workers(made, args.workers)
+        else:
+            serve_in_this_process(made)
+    print("stopped", flush=True)  # ExitStack closed the servers: the socket file is gone
+    return 0
+
+
+def serve_in_this_process(made: list[Service]) -> None:
+    with reactor.Reactor() as loop:
+        for server in made:
+            loop.register(server)
         print("one process, one thread: Ctrl-C (or SIGTERM) to stop", flush=True)
 
         def stop(signum: int) -> None:
@@ -244,8 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop, signum)
         loop.serve_forever()
-    print("stopped", flush=True)  # ExitStack closed the servers: the socket file is gone
-    return 0
+
+
+def serve_with_workers(made: list[Service], workers: int) -> None:
+    for server in made:
+        server.supervisor_pid = os.getpid()
+    print(f"{workers} worker processes (pid {os.getpid()} supervises): Ctrl-C (or SIGTERM) "
+          "to stop, SIGHUP to replace the workers", flush=True)
+    servers.Supervisor(made, workers).serve_forever()  # handles the signals itself
 
 
 def describe(server: Service) -> str:

@@ -40,6 +40,10 @@ if hasattr(os, "fork"):
     class ForkingUDPServer(ForkingMixIn, UDPServer): pass
     class ForkingTCPServer(ForkingMixIn, TCPServer): pass
 
+    # The library's own additions: importable by name, but not in __all__, which lists
+    # exactly the standard module's names (so `from servers import *` stays a drop-in).
+    from .supervisor import Supervisor as Supervisor, WorkerStartError as WorkerStartError
+
 if hasattr(socket, "AF_UNIX"):
     __all__.extend(["UnixStreamServer", "UnixDatagramServer",
                     "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"])

@@ -143,6 +143,11 @@ class BaseServer:
             raise
         return server
 
+    @property
+    def requests_accepted(self) -> int:
+        """Requests `get_request()` has returned so far (refused ones included)."""
+        return self._accept_count
+
     # ------------------------------------------------------------ standard hooks
     def server_activate(self) -> None:
         """Called by the constructor to activate the server. May be overridden."""

@@ -14,6 +14,7 @@ This module also holds the small formatting helpers the command line and the exa
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 from typing import Any, ClassVar, Iterable
 
@@ -100,7 +101,10 @@ def _status_text(handler: BaseRequestHandler) -> str:
     if loop is None:
         return ("status: this request runs off the reactor (in a thread or a child), where "
                 "the request table cannot be read safely; serve Status in reactor mode\n")
-    return format_request_table(loop.requests)
+    # The pid says which worker answered when a Supervisor runs several: each has its own
+    # reactor, so the table is that worker's only.
+    return (f"pid {os.getpid()}: {len(loop.requests)} requests in flight\n"
+            + format_request_table(loop.requests))
 
 
 # --------------------------------------------------------------------------- stream handlers
@@ -140,8 +144,9 @@ class Daytime(StreamRequestHandler):
 
 
 class Status(StreamRequestHandler):
-    """Send the request table of the reactor this request runs on (one line per request in
-    flight, this one included, see `format_request_table()`), then close. Input is ignored.
+    """Send the pid of the process that answers (the worker, under a `Supervisor`) and the
+    request table of the reactor this request runs on (one line per request in flight, this
+    one included, see `format_request_table()`), then close. Input is ignored.
 
     In threading or forking mode the table is not reachable; the reply says so.
     """
@@ -183,8 +188,9 @@ class DatagramStatus(DatagramRequestHandler):
     async def handle(self) -> None:
         reply = _status_text(self).encode()
         if len(reply) > MAX_DATAGRAM_REPLY_BYTES:
-            cut = reply.rfind(b"\n", 0, MAX_DATAGRAM_REPLY_BYTES - 32) + 1
-            reply = reply[:cut] + b"... (cut: too long for a datagram)\n"
+            marker = b"... (cut: too long for a datagram)\n"
+            cut = reply.rfind(b"\n", 0, MAX_DATAGRAM_REPLY_BYTES - len(marker)) + 1
+            reply = reply[:cut] + marker
         self.wfile.write(reply)
 
 

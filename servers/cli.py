@@ -37,7 +37,7 @@ import reactor
 import servers
 from reactor import Stage
 
-from . import builtin, systemd
+from . import builtin, cli_workers, systemd
 from .base import BaseServer
 
 __all__ = ["main", "build_parser", "parse_bind", "take_inherited_binds", "load_handler",
@@ -462,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="check the arguments and the handler, print what would be served, "
                              "and exit without binding anything")
+    cli_workers.add_options(parser)
     return parser
 
 
@@ -666,6 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # MODULE:CLASS may live in the current directory
+    cli_workers.check_options(args, parser.error)
+    if getattr(args, "workers", None) is not None and not args.check:
+        return cli_workers.main(args, parser)
     plans = make_plans(args, parser.error)
     if args.check:
         for plan in plans:

@@ -184,3 +184,40 @@ def test_a_port_in_use_gets_advice_and_status_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "choose other ports with --tcp-port" in result.stderr
     assert not (tmp_path / "a.sock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.forking
+def test_with_workers_each_answer_names_its_worker_and_shutdown_stops_them_all(
+        tmp_path: Path) -> None:
+    admin = tmp_path / "admin.sock"
+    run = Example("--tcp-port", "0", "--udp-port", "0", "--http-port", "0",
+                  "--admin-socket", str(admin), "--workers", "2")
+    try:
+        urls = dict(re.match(r"(\w[\w ]*?)\s{2,}(\S+)", run.line()).groups() for _ in range(4))
+        supervisor = int(re.match(r"2 worker processes \(pid (\d+) supervises\)",
+                                  run.line())[1])
+        assert supervisor == run.proc.pid
+        page = http.client.HTTPConnection(*host_port(urls["status page"]), timeout=10)
+        try:
+            page.request("GET", "/status.txt")
+            response = page.getresponse()
+            answered = int(re.match(r"pid (\d+), uptime", response.read().decode())[1])
+        finally:
+            page.close()
+        ppid = Path(f"/proc/{answered}/stat").read_text().rpartition(")")[2].split()[1]
+        assert int(ppid) == supervisor  # a worker answered, not the supervisor
+        with socket.socket(socket.AF_UNIX) as console:
+            console.settimeout(10)
+            console.connect(str(admin))
+            console.sendall(b"stats\n")
+            assert re.match(rb"pid \d+, uptime", read_until(console, b"\n"))
+            console.sendall(b"shutdown\n")  # stops the supervisor, so every worker
+            assert read_until(console, b"\n") == b"shutting down\n"
+            assert console.recv(100) == b""
+        assert run.line() == "stopped"
+        assert run.proc.wait(timeout=10) == 0
+        assert run.stderr() == ""
+        assert not admin.exists()
+    finally:
+        run.close()

@@ -4,6 +4,7 @@ reactor driven by hand (`run_once`), over every selector class."""
 from __future__ import annotations
 
 import datetime
+import os
 import select
 import socket
 from collections.abc import Callable, Iterator
@@ -130,7 +131,8 @@ def test_status_lists_every_request_on_its_reactor(loop, serve) -> None:
     with tcp_client(echo) as held, tcp_client(status) as asker:
         held.sendall(b"ping\n")
         assert receive(loop, held, lambda d: d.endswith(b"\n")) == b"ping\n"
-        lines = receive(loop, asker, until_eof).decode().splitlines()
+        pid_line, *lines = receive(loop, asker, until_eof).decode().splitlines()
+        assert pid_line == f"pid {os.getpid()}: 2 requests in flight"  # which worker answered
         assert lines[0].split() == ["ID", "SERVER", "CLIENT", "STATE", "AGE", "IN", "OUT"]
         rows = {line.split()[2]: line.split() for line in lines[1:]}
         held_port = held.getsockname()[1]
