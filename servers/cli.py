@@ -37,7 +37,7 @@ import reactor
 import servers
 from reactor import Stage
 
-from . import builtin, cli_workers, systemd
+from . import builtin, cli_workers, proxy, systemd
 from .base import BaseServer
 
 __all__ = ["main", "build_parser", "parse_bind", "take_inherited_binds", "load_handler",
@@ -456,6 +456,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "until its first request, up to TERMINATOR (e.g. '\\n' or "
                              "'\\r\\n\\r\\n'), has arrived, so a slow client cannot stall "
                              "--mode sync")
+    secure = parser.add_argument_group("TLS and load balancers (stream addresses)",
+                                       argument_default=argparse.SUPPRESS)
+    secure.add_argument("--tls-cert", metavar="FILE",
+                        help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    secure.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    secure.add_argument("--tls-client-ca", metavar="FILE",
+                        help="require client certificates signed by these CAs (PEM)")
+    secure.add_argument("--tls-handshake-timeout", type=_seconds_or_none, metavar="SECONDS",
+                        help="seconds a client has to complete its handshake (default 30)")
+    secure.add_argument("--proxy-protocol", choices=("v1", "v2", "any"),
+                        help="every connection starts with a PROXY protocol header of this "
+                             "version (HAProxy's send-proxy / send-proxy-v2)")
+    secure.add_argument("--proxy-trusted", metavar="CIDR", action="append",
+                        help="a network allowed to send PROXY headers (repeatable; default "
+                             "loopback only)")
     parser.add_argument("--log-level", default="warning",
                         choices=("debug", "info", "warning", "error", "critical"),
                         help="log messages of at least this level to stderr (default warning)")
@@ -496,11 +511,15 @@ def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> li
         error(str(exc))
     mode = args.mode or ("reactor" if is_async(handler) else "threading")
     _check_options(args, mode, pairs, error)
+    stream_settings = _stream_settings(args, pairs, error)
     plans = []
     for bind, cls in pairs:
         _check_mode(mode, cls, error)
+        settings = _server_settings(args)
+        if not bind.datagram:
+            settings.update(stream_settings)
         try:
-            server_class = server_class_for(mode, bind.kind, _server_settings(args))
+            server_class = server_class_for(mode, bind.kind, settings)
         except ValueError as exc:
             error(str(exc))
         handler_settings = {"timeout": args.timeout} if "timeout" in vars(args) else {}
@@ -531,6 +550,54 @@ def _check_options(args: argparse.Namespace, mode: str, pairs: list[tuple[Bind, 
         if not classic_streams:
             error("--read-ahead applies to classic (def handle) handlers on tcp:// or unix: "
                   "addresses; async handlers never block the loop, so drop it")
+
+
+def _stream_settings(args: argparse.Namespace, pairs: list[tuple[Bind, type]],
+                     error: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """Server attributes for stream addresses only: TLS and the PROXY protocol."""
+    given = vars(args)
+    settings: dict[str, Any] = {}
+    tls_options = [name for name in ("tls_cert", "tls_key", "tls_client_ca",
+                                     "tls_handshake_timeout") if name in given]
+    proxy_options = [name for name in ("proxy_protocol", "proxy_trusted") if name in given]
+    if (tls_options or proxy_options) and all(bind.datagram for bind, _ in pairs):
+        error("TLS and PROXY protocol options apply to tcp:// and unix: addresses; there is no "
+              "DTLS, so drop them for udp:// and unixgram:")
+    if tls_options:
+        if "tls_cert" not in given or "tls_key" not in given:
+            error("TLS needs both --tls-cert FILE and --tls-key FILE")
+        settings["ssl_context"] = _tls_context(given["tls_cert"], given["tls_key"],
+                                               given.get("tls_client_ca"), error)
+        if "tls_handshake_timeout" in given:
+            settings["ssl_handshake_timeout"] = given["tls_handshake_timeout"]
+    if "proxy_trusted" in given and "proxy_protocol" not in given:
+        error("--proxy-trusted needs --proxy-protocol v1|v2|any")
+    if "proxy_protocol" in given:
+        settings["proxy_protocol"] = given["proxy_protocol"]
+        if "proxy_trusted" in given:
+            try:
+                proxy.ProxyTrust(given["proxy_trusted"])
+            except ValueError as exc:
+                error(f"--proxy-trusted: {exc}")
+            settings["proxy_trusted"] = tuple(given["proxy_trusted"])
+    return settings
+
+
+def _tls_context(cert: str, key: str, client_ca: str | None,
+                 error: Callable[[str], NoReturn]) -> Any:
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        error(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}")
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            error(f"cannot load --tls-client-ca {client_ca}: {exc}")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
