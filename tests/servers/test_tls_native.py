@@ -1,0 +1,305 @@
+"""Native TLS (`ssl_context`) on every stream server class and mode, with real sockets and
+Python's ssl client (and the `openssl s_client` CLI as an external one).
+
+The same handler code runs as `def handle()` and as `async def handle()`. Plain and threading
+servers run in a serving thread with blocking clients; forking servers run their loop on the
+test thread with clients that pump it (see `test_tls_support.py`). Clients disable
+`suppress_ragged_eofs`, so every clean end of stream they read proves the server sent
+close_notify (a close without it raises `ssl.SSLEOFError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import handlers
+import reactor
+import servers
+from test_hostile_support import listening
+from test_tls_support import (
+    CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, client_context, needs_fork,
+    pipe_log, recv_all, recv_exactly, recv_line, refused, serve, server_context, subject_cn)
+
+pytestmark = [needs_fork, pytest.mark.timeout(30)]
+
+
+# ------------------------------------------------------------------------------ handlers
+def describe(handler: Any) -> dict[str, Any]:
+    """What a handler sees of its connection, as a test reads it back."""
+    tls, request = handler.tls, handler.request
+    return {
+        "request": type(request).__name__, "tls": type(tls).__name__,
+        "request_is_tls": tls is request,
+        "blocking": request.gettimeout() is None,
+        "version": tls.version(), "cipher": tls.cipher()[0],
+        "alpn": tls.selected_alpn_protocol(), "peer": subject_cn(tls.getpeercert()),
+        "pid": os.getpid(), "thread": threading.current_thread().name,
+    }
+
+
+def respond(handler: Any, line: bytes) -> bytes:
+    """The echo protocol: b"info\\n" asks what the handler sees; any other line is echoed."""
+    if line == b"info\n":
+        return json.dumps(describe(handler)).encode() + b"\n"
+    return b"echo: " + line
+
+
+class EchoDef(servers.StreamRequestHandler):
+    """Echo lines until b"bye\\n" (then the server closes) or end of stream (noted)."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            if line == b"bye\n":
+                return
+            self.wfile.write(respond(self, line))
+        self.server.notes.add({"eof": True})
+
+
+class EchoAsync(servers.StreamRequestHandler):
+    """EchoDef's protocol as an async handler."""
+
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            if line == b"bye\n":
+                return
+            self.wfile.write(respond(self, line))
+        self.server.notes.add({"eof": True})
+
+
+ECHO = {"def": EchoDef, "async": EchoAsync}
+
+
+def handler_errors(s: Any) -> list[Any]:
+    return [note for note in s.server.notes.collect() if "handle_error" in note]
+
+
+def echo(c: BlockingClient, text: bytes = b"ping\n") -> bytes:
+    c.sendall(text)
+    return recv_line(c)
+
+
+def info(c: BlockingClient) -> dict[str, Any]:
+    c.sendall(b"info\n")
+    value: dict[str, Any] = json.loads(recv_line(c))
+    return value
+
+
+def bye(c: BlockingClient) -> None:
+    """End the session; the server closes with close_notify (clean end of stream)."""
+    c.sendall(b"bye\n")
+    assert c.recv() == b""
+    c.close()
+
+
+def assert_worker(mode: str, seen: dict[str, Any]) -> None:
+    """The handler ran where the mode says: the serving thread, a request thread, a child."""
+    if mode == "forking":
+        assert seen["pid"] != os.getpid()
+    else:
+        assert seen["pid"] == os.getpid()
+        assert (seen["thread"] == "hostile-serve") == (mode == "plain"), seen["thread"]
+
+
+# ------------------------------------------------------------------------------ basics
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_echo_over_tls_12_and_13_in_every_mode(mode: str, kind: str, family: str,
+                                                unix_path: str) -> None:
+    """Round trips of pipelined lines, answered in order; `self.tls` tells the version, the
+    cipher, ALPN and the client certificate; a classic handler's `request` is a blocking
+    `SSLSocket`; the server's close sends close_notify."""
+    context = server_context(client_certs=ssl.CERT_OPTIONAL, alpn=["h2", "echo/1"])
+    lines = [b"line %d\n" % i for i in range(100)]
+    seen = {}
+    with pipe_log() as log, serve(mode, family, ECHO[kind], unix_path,
+                                  ssl_context=context) as s:
+        for version, client_cert in ((ssl.TLSVersion.TLSv1_3, "client"),
+                                     (ssl.TLSVersion.TLSv1_2, None)):
+            c = s.connect(client_context(client_cert, version=version, alpn=["echo/1"]))
+            c.sendall(b"".join(lines) + b"info\n")  # pipelined: one write, 101 requests
+            assert [recv_line(c) for _ in lines] == [b"echo: " + line for line in lines]
+            seen[version.name] = json.loads(recv_line(c))
+            assert c.tls.selected_alpn_protocol() == "echo/1"
+            bye(c)
+        assert handler_errors(s) == []
+        assert log.collect() == []
+    tls13, tls12 = seen["TLSv1_3"], seen["TLSv1_2"]
+    assert (tls13["version"], tls12["version"]) == ("TLSv1.3", "TLSv1.2")
+    assert (tls13["peer"], tls12["peer"]) == ("test client", None)
+    for view in (tls13, tls12):
+        assert view["request"] == view["tls"] == "SSLSocket"
+        assert view["request_is_tls"] and view["alpn"] == "echo/1" and view["cipher"]
+        if kind == "def":
+            assert view["blocking"], "a classic handler gets a blocking SSLSocket"
+        assert_worker(mode, view)
+
+
+@pytest.mark.parametrize("cls", [servers.UDPServer, servers.UnixDatagramServer,
+                                 servers.ThreadingUDPServer, servers.ForkingUDPServer])
+def test_datagram_servers_refuse_ssl_context(cls: type, unix_path: str) -> None:
+    address = unix_path if cls is servers.UnixDatagramServer else (HOST, 0)
+    tls_class = type("TLSDatagram", (cls,), {"ssl_context": server_context()})
+    with pytest.raises(ValueError, match="ssl_context.*DTLS.*stream server"):
+        tls_class(address, servers.DatagramRequestHandler)
+    assert not os.path.exists(unix_path), "nothing was bound"
+    with cls(address, servers.DatagramRequestHandler) as server:
+        assert server.ssl_context is None
+        server.ssl_context = None  # harmless
+        with pytest.raises(ValueError, match="ssl_context.*DTLS.*stream server"):
+            server.ssl_context = server_context()
+        assert server.ssl_context is None
+
+
+# ------------------------------------------------------------------------------ rotation
+@pytest.mark.parametrize("mode,kind", CONCURRENT)
+def test_assigning_a_new_context_rotates_the_certificate_for_new_connections(
+        mode: str, kind: str, unix_path: str) -> None:
+    with serve(mode, "tcp", ECHO[kind], unix_path) as s:
+        s.server.ssl_context = server_context("server")  # on the instance, before serving
+        first = s.connect()
+        assert subject_cn(first.tls.getpeercert()) == "localhost"
+        assert echo(first, b"before\n") == b"echo: before\n"
+        s.server.ssl_context = server_context("other")  # while serving, `first` still open
+        second = s.connect(server_hostname="other.test")
+        assert subject_cn(second.tls.getpeercert()) == "other.test"
+        assert echo(second, b"new\n") == b"echo: new\n"
+        assert echo(first, b"after\n") == b"echo: after\n"  # the open one keeps working
+        assert subject_cn(first.tls.getpeercert()) == "localhost"
+        bye(second)
+        bye(first)
+        assert handler_errors(s) == []
+
+
+# ------------------------------------------------------------------------------ handshake bound
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_silent_client_is_cut_at_ssl_handshake_timeout_while_others_are_served(
+        mode: str, family: str, unix_path: str) -> None:
+    bound = 0.4
+    with pipe_log() as log, serve(mode, family, EchoDef, unix_path, ssl_context=server_context(),
+                                  ssl_handshake_timeout=bound) as s:
+        silent = s.raw()  # connects, never sends a ClientHello
+        started = time.monotonic()
+        good = s.connect()  # served meanwhile
+        assert echo(good) == b"echo: ping\n"
+        bye(good)
+        assert log.collect() == [], "the silent client was still held while `good` was served"
+        assert s.wait_eof(silent) == b""
+        elapsed = time.monotonic() - started
+        silent.close()
+        lines = log.collect()
+    assert bound <= elapsed < bound + 10, elapsed
+    assert len(lines) == 1 and f"ssl_handshake_timeout={bound}" in lines[0], lines
+
+
+# ------------------------------------------------------------------------------ what the context configures
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_sni_callback_switches_to_the_other_certificate(mode: str, kind: str,
+                                                        unix_path: str) -> None:
+    context, other = server_context("server"), server_context("other")
+    asked: list[str | None] = []
+
+    def pick(tls: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+        asked.append(server_name)  # (in a forked child this list is the child's copy)
+        if server_name == "other.test":
+            tls.context = other
+
+    context.sni_callback = pick
+    with serve(mode, "tcp", ECHO[kind], unix_path, ssl_context=context) as s:
+        for name, expected in (("other.test", "other.test"), ("localhost", "localhost")):
+            c = s.connect(server_hostname=name)  # the client checks the name it asked for
+            assert subject_cn(c.tls.getpeercert()) == expected
+            assert echo(c) == b"echo: ping\n"
+            bye(c)
+        assert handler_errors(s) == []
+    assert asked == ([] if mode == "forking" else ["other.test", "localhost"])
+
+
+@pytest.mark.parametrize("mode,kind", CONCURRENT)
+def test_client_certificates_required_refuse_bad_clients_at_the_handshake(
+        mode: str, kind: str, unix_path: str) -> None:
+    context = server_context(client_certs=ssl.CERT_REQUIRED)
+    with pipe_log() as log, serve(mode, "tcp", ECHO[kind], unix_path,
+                                  ssl_context=context) as s:
+        valid = s.connect(client_context("client"))
+        assert info(valid)["peer"] == "test client"
+        for bad in (None, "rogue-client"):  # no certificate; one from another CA
+            intruder = s.connect(client_context(bad), handshake=False)
+            try:
+                intruder.do_handshake()  # TLS 1.3: the client's side may complete first
+            except (ssl.SSLError, ConnectionError):
+                pass
+            else:
+                assert refused(intruder)
+            intruder.close()
+        assert echo(valid) == b"echo: ping\n"  # unaffected
+        bye(valid)
+        later = s.connect(client_context("client"))
+        assert info(later)["peer"] == "test client"
+        bye(later)
+        s.until(lambda: len(log.collect()) >= 2)
+        lines = log.collect()
+        assert handler_errors(s) == []
+    assert len(lines) == 2, lines
+    assert all(line.startswith("WARNING") and "TLS handshake" in line for line in lines), lines
+    assert all("certificate" in line.lower() for line in lines), lines
+
+
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_a_client_closing_without_close_notify_is_end_of_file(mode: str, kind: str,
+                                                              unix_path: str) -> None:
+    with pipe_log() as log, serve(mode, "tcp", ECHO[kind], unix_path,
+                                  ssl_context=server_context()) as s:
+        c = s.connect()
+        assert echo(c) == b"echo: ping\n"
+        c.close()  # no close_notify: Python's SSLSocket.close() never sends it
+        s.until(lambda: s.server.notes.collect())
+        assert s.server.notes.collect() == [{"eof": True}]
+        assert log.collect() == []  # no error line, no traceback (handle_error noted none)
+
+
+class BigDef(servers.StreamRequestHandler):
+    size = 5 * 1024 * 1024
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(blob(self.size))
+
+
+class BigAsync(servers.StreamRequestHandler):
+    size = 5 * 1024 * 1024
+
+    async def handle(self) -> None:
+        await self.rfile.readline()
+        data = memoryview(blob(self.size))
+        for start in range(0, len(data), 65536):
+            self.wfile.write(data[start:start + 65536])
+            await self.wfile.drain()
+
+
+def blob(size: int) -> bytes:
+    return hashlib.sha256(b"seed").digest() * (size // 32)
+
+
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_a_5_mb_response_over_tls(mode: str, kind: str, unix_path: str) -> None:
+    handler = {"def": BigDef, "async": BigAsync}[kind]
+    with serve(mode, "tcp", handler, unix_path, ssl_context=server_context()) as s:
+        c = s.connect()
+        c.sendall(b"go\n")
+        data = recv_all(c)  # ends cleanly: close_notify after the last byte
+        c.close()
+        assert len(data) == handler.size and data == blob(handler.size)
+        assert handler_errors(s) == []
