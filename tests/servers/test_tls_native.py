@@ -303,3 +303,264 @@ def test_a_5_mb_response_over_tls(mode: str, kind: str, unix_path: str) -> None:
         c.close()
         assert len(data) == handler.size and data == blob(handler.size)
         assert handler_errors(s) == []
+
+
+# ------------------------------------------------------------------------------ async API over TLS
+class ApiAsync(servers.StreamRequestHandler):
+    """readline, read(n) beyond max_buffer_size, read1 and `async for`, each answered."""
+
+    timeout = 5.0  # a read left waiting by a bug ends in TimeoutError, not a hung test
+
+    async def handle(self) -> None:
+        size = int(await self.rfile.readline())
+        body = await self.rfile.read(size)
+        # The end of the body and this line came in one TLS record: the line is already
+        # decrypted inside the TLS layer, and the client sends nothing more until answered.
+        tail = await self.rfile.readline()
+        digest = hashlib.sha256(body).hexdigest()[:16].encode()
+        self.wfile.write(b"%d %s %s" % (len(body), digest, tail))
+        first = await self.rfile.read1(100)
+        self.wfile.write(b"read1 " + first + b"\n")
+        count = 0
+        async for line in self.rfile:
+            if line == b"end\n":
+                break
+            count += 1
+        self.wfile.write(b"lines %d\n" % count)
+        self.wfile.write(b"exact " + await self.rfile.read(4) + b"\n")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_async_reader_api_over_tls(mode: str, family: str, unix_path: str) -> None:
+    body = os.urandom(300_000)  # above max_buffer_size (256 KiB): delivered whole
+    assert len(body) > ApiAsync.max_buffer_size
+    with pipe_log() as log, serve(mode, family, ApiAsync, unix_path,
+                                  ssl_context=server_context()) as s:
+        c = s.connect()
+        c.sendall(b"%d\n" % len(body) + body + b"tail\n")
+        digest = hashlib.sha256(body).hexdigest()[:16].encode()
+        assert recv_line(c) == b"300000 %s tail\n" % digest
+        c.sendall(b"xyz")
+        assert recv_line(c) == b"read1 xyz\n"
+        c.sendall(b"a\nb\nc\nend\n")
+        assert recv_line(c) == b"lines 3\n"
+        c.sendall(b"abcd")
+        assert recv_all(c) == b"exact abcd\n"
+        c.close()
+        assert log.collect() == [] and handler_errors(s) == []
+
+
+# ------------------------------------------------------------------------------ limits on the reactor
+# The reactor's TLS transport is where TLS changes how bytes move; these tests drive it on the
+# test thread with a fake clock (threads and children read through a blocking SSLSocket, whose
+# bounds are the socket timeouts of the plain-socket tests).
+class Flood(servers.StreamRequestHandler):
+    """Write 64 KiB chunks with drain() to a client that reads nothing."""
+
+    write_timeout = 5.0
+    buffered: list[int] = []
+    outcome: list[str] = []
+
+    async def handle(self) -> None:
+        await self.rfile.readline()
+        try:
+            for _ in range(4096):
+                self.wfile.write(b"y" * 65536)
+                type(self).buffered.append(self.wfile.buffered)
+                await self.wfile.drain()
+        except TimeoutError:
+            type(self).outcome.append("timeout")
+            raise
+
+
+def test_drain_backpressure_and_write_timeout_over_tls(unix_path: str) -> None:
+    class Handler(Flood):
+        buffered: list[int] = []
+        outcome: list[str] = []
+
+    with pipe_log() as log, serve("plain", "tcp", Handler, unix_path, pumped=True,
+                                  ssl_context=server_context()) as s:
+        assert s.clock is not None and s.r is not None
+        c = s.connect()
+        c.sendall(b"go\n")  # then never reads
+        s.until(lambda: s.table() and s.table()[0][1] == "writing")
+        before = len(Handler.buffered)
+        for _ in range(20):  # parked in drain(): the client reads nothing, nothing moves
+            s.r.run_once(0.001)
+        assert len(Handler.buffered) == before and s.table()[0][1] == "writing"
+        s.clock.advance(Handler.write_timeout)  # drain() times out...
+        s.until(lambda: Handler.outcome == ["timeout"])
+        s.clock.advance(Handler.write_timeout)  # ...and so does the final flush
+        s.until(lambda: not s.r.requests)
+        c.close()
+        lines = log.collect()
+    assert max(Handler.buffered) <= Handler.write_high_water + 65536
+    assert len(lines) == 1 and lines[0].startswith("INFO") and "ended" in lines[0], lines
+
+
+def test_max_line_length_over_tls_closes_that_client_alone(unix_path: str) -> None:
+    class Handler(EchoAsync):
+        max_line_length = 1024
+
+    with pipe_log() as log, serve("plain", "tcp", Handler, unix_path, pumped=True,
+                                  ssl_context=server_context()) as s:
+        good = s.connect()
+        bad = s.connect()
+        try:
+            bad.sendall(b"q" * 100_000)
+            assert bad.recv() == b""  # closed with close_notify
+        except ConnectionError:
+            pass  # closed with the rest of the line unread: a reset
+        bad.close()
+        assert echo(good) == b"echo: ping\n"
+        bye(good)
+        lines = log.collect()
+    assert len(lines) == 1 and lines[0].startswith("WARNING"), lines
+    assert "max_line_length" in lines[0]
+
+
+@pytest.mark.parametrize("bound", ["request_timeout", "timeout"])
+def test_a_trickling_client_is_cut_by_the_read_bound_over_tls(bound: str,
+                                                              unix_path: str) -> None:
+    """`request_timeout` bounds a request begun, `timeout` each read call: a client sending
+    one byte (one TLS record) every 0.4 s keeps neither waiting past 1 s."""
+    attrs = {"request_timeout": None, "idle_timeout": None, "timeout": None, bound: 1.0}
+    handler = type("Handler", (EchoAsync,), attrs)
+    with pipe_log() as log, serve("plain", "tcp", handler, unix_path, pumped=True,
+                                  ssl_context=server_context()) as s:
+        assert s.clock is not None and s.r is not None
+        c = s.connect()
+        entry = s.r.requests[0]
+
+        def trickle(byte: bytes) -> None:
+            got = entry.bytes_in or 0
+            c.sendall(byte)
+            s.until(lambda: (entry.bytes_in or 0) > got)  # the reader has taken it
+            s.clock.advance(0.4)
+
+        trickle(b"o")
+        c.sendall(b"k\n")  # within the bound: served
+        assert recv_line(c) == b"echo: ok\n"
+        trickle(b"s")
+        trickle(b"l")
+        s.r.run_once(0)
+        assert entry in s.r.requests  # 0.8 s into the read: still waiting
+        trickle(b"o")  # 1.2 s: past the bound
+        s.until(lambda: not s.r.requests)
+        assert c.recv() == b""  # cut, with close_notify
+        c.close()
+        lines = log.collect()
+    assert len(lines) == 1 and lines[0].startswith("INFO") and f"{bound}=1.0" in lines[0], lines
+
+
+# ------------------------------------------------------------------------------ the request table
+def test_a_handshake_shows_in_the_table_counts_toward_max_connections_and_keeps_its_entry(
+        unix_path: str) -> None:
+    with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path, pumped=True,
+                                  ssl_context=server_context(), ssl_handshake_timeout=10.0,
+                                  max_connections=1) as s:
+        assert s.clock is not None and s.r is not None
+        silent = s.raw()
+        s.until(lambda: s.table())
+        [(silent_id, state)] = s.table()
+        assert state == "handshaking"
+        assert not listening(s.server, s.r), "a handshake counts toward max_connections"
+        waiting = s.connect(handshake=False)  # queued in the backlog meanwhile
+        with pytest.raises(ssl.SSLWantReadError):
+            waiting.tls.do_handshake()  # its ClientHello is sent
+        for _ in range(10):
+            s.r.run_once(0.001)
+        assert s.table() == [(silent_id, "handshaking")]
+        s.clock.advance(10.0)  # the silent client's bound
+        assert s.wait_eof(silent) == b""
+        silent.close()
+        s.until(lambda: s.table() and s.table()[0][0] != silent_id)  # accepting again
+        [(entry_id, state)] = s.table()
+        assert state == "handshaking"  # the server waits for the client's Finished
+        waiting.do_handshake()
+        assert echo(waiting) == b"echo: ping\n"
+        assert s.table() == [(entry_id, "reading")]  # the same entry went on to run
+        bye(waiting)
+        lines = log.collect()
+    assert len(lines) == 1 and "ssl_handshake_timeout=10.0" in lines[0], lines
+
+
+def test_shutdown_cancels_a_stalled_handshake_at_shutdown_timeout(unix_path: str) -> None:
+    with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path,
+                                  ssl_context=server_context(), shutdown_timeout=0.3) as s:
+        silent = s.raw()
+        s.until(lambda: [state for _, state in s.table()] == ["handshaking"])
+        started = time.monotonic()
+        s.server.shutdown()
+        elapsed = time.monotonic() - started
+        assert s.wait_eof(silent) == b""
+        silent.close()
+        lines = log.collect()
+    assert 0.3 <= elapsed < 10, elapsed
+    assert len(lines) == 1 and "shutdown_timeout=0.3" in lines[0], lines
+
+
+def test_shutdown_drains_a_handshake_in_progress(unix_path: str) -> None:
+    with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path,
+                                  ssl_context=server_context(), shutdown_timeout=20) as s:
+        c = s.connect(handshake=False)
+        c.tls.settimeout(0)
+        with pytest.raises(ssl.SSLWantReadError):
+            c.tls.do_handshake()  # ClientHello sent, the rest to come
+        s.until(lambda: [state for _, state in s.table()] == ["handshaking"])
+        stopping = threading.Thread(target=s.server.shutdown)
+        stopping.start()
+        s.until(lambda: not listening(s.server))  # draining has begun
+        c.tls.settimeout(10)
+        c.do_handshake()
+        assert echo(c) == b"echo: ping\n"
+        bye(c)
+        stopping.join(10)
+        assert not stopping.is_alive()
+        assert log.collect() == []
+
+
+# ------------------------------------------------------------------------------ openssl s_client
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl CLI is not installed")
+@pytest.mark.parametrize("mode,kind", [("plain", "async"), ("threading", "def"),
+                                       ("forking", "async")])
+def test_openssl_s_client_is_served(mode: str, kind: str, unix_path: str) -> None:
+    """A real external TLS client: OpenSSL's s_client verifies the server, presents a client
+    certificate, negotiates ALPN, and reads the echo until the server closes."""
+    from test_tls_support import CERTS, cert
+    context = server_context(client_certs=ssl.CERT_REQUIRED, alpn=["echo/1"])
+    with serve(mode, "tcp", ECHO[kind], unix_path, ssl_context=context) as s:
+        for version in ("-tls1_3", "-tls1_2"):
+            client_cert, client_key = cert("client")
+            proc = subprocess.Popen(
+                [str(OPENSSL), "s_client", "-connect", "%s:%d" % s.address, "-servername",
+                 "localhost", "-CAfile", os.path.join(CERTS, "ca.pem"), "-verify_return_error",
+                 "-cert", client_cert, "-key", client_key, "-alpn", "echo/1", version,
+                 "-brief", "-ign_eof", "-nocommands"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(b"hello\ninfo\nbye\n")
+                proc.stdin.close()
+                s.until(lambda: proc.poll() is not None)  # the server ends the session
+                assert proc.stdout is not None and proc.stderr is not None
+                out, err = proc.stdout.read(), proc.stderr.read()
+            finally:
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert proc.returncode == 0, err
+            assert b"Verification: OK" in err, err
+            first, second = out.splitlines()[:2]
+            assert first == b"echo: hello"
+            seen = json.loads(second)
+            assert seen["peer"] == "test client" and seen["alpn"] == "echo/1"
+            assert seen["version"] == {"-tls1_3": "TLSv1.3", "-tls1_2": "TLSv1.2"}[version]
+        assert handler_errors(s) == []

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -305,7 +306,16 @@ class Served:
         """(id, state) of every entry in the server's request table, read on its loop."""
         def read() -> list[tuple[int, str]]:
             return [(entry.id, entry.state) for entry in self.server.reactor.requests]
-        return read() if self.r is not None else on_loop(self.server, read)  # type: ignore
+        if self.r is not None or self.server.reactor.is_serving_thread():
+            return read()  # (from the loop's thread: inside `until()`)
+        table: list[tuple[int, str]] = on_loop(self.server, read)
+        return table
+
+
+def _signalling_attach(server: Any, r: reactor.Reactor) -> None:
+    """`attach` that tells the test its server is on its loop (probes can reach it then)."""
+    servers.BaseServer.attach(server, r)
+    server.attached.set()
 
 
 @contextlib.contextmanager
@@ -323,7 +333,11 @@ def serve(mode: str, family: str, handler: type, unix_path: str, *, pumped: bool
             with on_reactor(handler, server_class, address, **attrs) as (server, r, clock):
                 yield Served(server, mode, r, clock)
         else:
+            attached = threading.Event()
+            attrs["attach"] = _signalling_attach
+            attrs["attached"] = attached
             with in_thread(handler, server_class, address, **attrs) as server:
+                assert attached.wait(10), "serve_forever() did not start"
                 yield Served(server, mode)
     finally:
         notes.close()
