@@ -12,27 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-import handlers
-import reactor
 import servers
+from handlers.transport import tls_of
 from test_hostile_support import listening
 from test_tls_support import (
-    CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, client_context, needs_fork,
-    pipe_log, recv_all, recv_exactly, recv_line, refused, serve, server_context, subject_cn)
+    CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, StagedClient, client_context,
+    needs_fork, pipe_log, recv_all, recv_line, refused, serve, server_context, subject_cn)
 
-pytestmark = [needs_fork, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -64,7 +61,7 @@ class EchoDef(servers.StreamRequestHandler):
             if line == b"bye\n":
                 return
             self.wfile.write(respond(self, line))
-        self.server.notes.add({"eof": True})
+        cast(Any, self.server).notes.add({"eof": True})
 
 
 class EchoAsync(servers.StreamRequestHandler):
@@ -75,7 +72,7 @@ class EchoAsync(servers.StreamRequestHandler):
             if line == b"bye\n":
                 return
             self.wfile.write(respond(self, line))
-        self.server.notes.add({"eof": True})
+        cast(Any, self.server).notes.add({"eof": True})
 
 
 ECHO = {"def": EchoDef, "async": EchoAsync}
@@ -183,6 +180,7 @@ def test_assigning_a_new_context_rotates_the_certificate_for_new_connections(
 
 
 # ------------------------------------------------------------------------------ handshake bound
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_silent_client_is_cut_at_ssl_handshake_timeout_while_others_are_served(
@@ -204,7 +202,7 @@ def test_a_silent_client_is_cut_at_ssl_handshake_timeout_while_others_are_served
     assert len(lines) == 1 and f"ssl_handshake_timeout={bound}" in lines[0], lines
 
 
-# ------------------------------------------------------------------------------ what the context configures
+# ------------------------------------------------------------------ what the context configures
 @pytest.mark.parametrize("mode,kind", EVERY_MODE)
 def test_sni_callback_switches_to_the_other_certificate(mode: str, kind: str,
                                                         unix_path: str) -> None:
@@ -270,6 +268,39 @@ def test_a_client_closing_without_close_notify_is_end_of_file(mode: str, kind: s
         assert log.collect() == []  # no error line, no traceback (handle_error noted none)
 
 
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_a_client_unwrap_is_end_of_file_and_answered_with_close_notify(
+        mode: str, kind: str, unix_path: str) -> None:
+    with pipe_log() as log, serve(mode, "tcp", ECHO[kind], unix_path,
+                                  ssl_context=server_context()) as s:
+        c = s.connect()
+        assert echo(c) == b"echo: ping\n"
+        plain = c.unwrap()  # sends close_notify, returns once the server's has come
+        assert tls_of(plain) is None or cast(ssl.SSLSocket, plain).version() is None
+        c.close()
+        s.until(lambda: s.server.notes.collect())
+        assert s.server.notes.collect() == [{"eof": True}]
+        assert log.collect() == []
+
+
+class ShowTLSDef(servers.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(repr(self.tls).encode() + b"\n")
+
+
+class ShowTLSAsync(servers.StreamRequestHandler):
+    async def handle(self) -> None:
+        self.wfile.write(repr(self.tls).encode() + b"\n")
+
+
+@pytest.mark.parametrize("mode,kind", EVERY_MODE)
+def test_tls_is_none_without_ssl_context(mode: str, kind: str, unix_path: str) -> None:
+    handler = {"def": ShowTLSDef, "async": ShowTLSAsync}[kind]
+    with serve(mode, "tcp", handler, unix_path) as s:
+        with s.raw() as plain:
+            assert s.wait_eof(plain) == b"None\n"
+
+
 class BigDef(servers.StreamRequestHandler):
     size = 5 * 1024 * 1024
 
@@ -295,7 +326,7 @@ def blob(size: int) -> bytes:
 
 @pytest.mark.parametrize("mode,kind", EVERY_MODE)
 def test_a_5_mb_response_over_tls(mode: str, kind: str, unix_path: str) -> None:
-    handler = {"def": BigDef, "async": BigAsync}[kind]
+    handler: Any = {"def": BigDef, "async": BigAsync}[kind]
     with serve(mode, "tcp", handler, unix_path, ssl_context=server_context()) as s:
         c = s.connect()
         c.sendall(b"go\n")
@@ -351,7 +382,7 @@ def test_async_reader_api_over_tls(mode: str, family: str, unix_path: str) -> No
         assert log.collect() == [] and handler_errors(s) == []
 
 
-# ------------------------------------------------------------------------------ limits on the reactor
+# ------------------------------------------------------------------------- limits on the reactor
 # The reactor's TLS transport is where TLS changes how bytes move; these tests drive it on the
 # test thread with a fake clock (threads and children read through a blocking SSLSocket, whose
 # bounds are the socket timeouts of the plain-socket tests).
@@ -381,18 +412,17 @@ def test_drain_backpressure_and_write_timeout_over_tls(unix_path: str) -> None:
 
     with pipe_log() as log, serve("plain", "tcp", Handler, unix_path, pumped=True,
                                   ssl_context=server_context()) as s:
-        assert s.clock is not None and s.r is not None
         c = s.connect()
         c.sendall(b"go\n")  # then never reads
         s.until(lambda: s.table() and s.table()[0][1] == "writing")
         before = len(Handler.buffered)
         for _ in range(20):  # parked in drain(): the client reads nothing, nothing moves
-            s.r.run_once(0.001)
+            s.loop.run_once(0.001)
         assert len(Handler.buffered) == before and s.table()[0][1] == "writing"
-        s.clock.advance(Handler.write_timeout)  # drain() times out...
+        s.fake_clock.advance(Handler.write_timeout)  # drain() times out...
         s.until(lambda: Handler.outcome == ["timeout"])
-        s.clock.advance(Handler.write_timeout)  # ...and so does the final flush
-        s.until(lambda: not s.r.requests)
+        s.fake_clock.advance(Handler.write_timeout)  # ...and so does the final flush
+        s.until(lambda: not s.loop.requests)
         c.close()
         lines = log.collect()
     assert max(Handler.buffered) <= Handler.write_high_water + 65536
@@ -429,25 +459,24 @@ def test_a_trickling_client_is_cut_by_the_read_bound_over_tls(bound: str,
     handler = type("Handler", (EchoAsync,), attrs)
     with pipe_log() as log, serve("plain", "tcp", handler, unix_path, pumped=True,
                                   ssl_context=server_context()) as s:
-        assert s.clock is not None and s.r is not None
         c = s.connect()
-        entry = s.r.requests[0]
+        entry = s.loop.requests[0]
 
         def trickle(byte: bytes) -> None:
             got = entry.bytes_in or 0
             c.sendall(byte)
             s.until(lambda: (entry.bytes_in or 0) > got)  # the reader has taken it
-            s.clock.advance(0.4)
+            s.fake_clock.advance(0.4)
 
         trickle(b"o")
         c.sendall(b"k\n")  # within the bound: served
         assert recv_line(c) == b"echo: ok\n"
         trickle(b"s")
         trickle(b"l")
-        s.r.run_once(0)
-        assert entry in s.r.requests  # 0.8 s into the read: still waiting
+        s.loop.run_once(0)
+        assert entry in s.loop.requests  # 0.8 s into the read: still waiting
         trickle(b"o")  # 1.2 s: past the bound
-        s.until(lambda: not s.r.requests)
+        s.until(lambda: not s.loop.requests)
         assert c.recv() == b""  # cut, with close_notify
         c.close()
         lines = log.collect()
@@ -460,19 +489,18 @@ def test_a_handshake_shows_in_the_table_counts_toward_max_connections_and_keeps_
     with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path, pumped=True,
                                   ssl_context=server_context(), ssl_handshake_timeout=10.0,
                                   max_connections=1) as s:
-        assert s.clock is not None and s.r is not None
         silent = s.raw()
         s.until(lambda: s.table())
         [(silent_id, state)] = s.table()
         assert state == "handshaking"
-        assert not listening(s.server, s.r), "a handshake counts toward max_connections"
+        assert not listening(s.server, s.loop), "a handshake counts toward max_connections"
         waiting = s.connect(handshake=False)  # queued in the backlog meanwhile
         with pytest.raises(ssl.SSLWantReadError):
             waiting.tls.do_handshake()  # its ClientHello is sent
         for _ in range(10):
-            s.r.run_once(0.001)
+            s.loop.run_once(0.001)
         assert s.table() == [(silent_id, "handshaking")]
-        s.clock.advance(10.0)  # the silent client's bound
+        s.fake_clock.advance(10.0)  # the silent client's bound
         assert s.wait_eof(silent) == b""
         silent.close()
         s.until(lambda: s.table() and s.table()[0][0] != silent_id)  # accepting again
@@ -486,6 +514,39 @@ def test_a_handshake_shows_in_the_table_counts_toward_max_connections_and_keeps_
     assert len(lines) == 1 and "ssl_handshake_timeout=10.0" in lines[0], lines
 
 
+class OneLine(servers.StreamRequestHandler):
+    """Answer one line with the (id, state) of its own entry in the request table."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        [mine] = [(e.id, e.state) for e in cast(Any, self.server).reactor.requests
+                  if e.request is self.request]
+        self.wfile.write(json.dumps([line.decode(), mine]).encode() + b"\n")
+
+
+def test_one_entry_goes_from_handshaking_through_reading_ahead_to_running(
+        unix_path: str) -> None:
+    """A classic handler with read_ahead on a TLS connection: the handshake, then the wait for
+    the first record, then the handler, all on the same table entry."""
+    with serve("plain", "tcp", OneLine, unix_path, pumped=True, ssl_context=server_context(),
+               read_ahead=b"\n") as s:
+        c = s.connect(handshake=False)
+        with pytest.raises(ssl.SSLWantReadError):
+            c.tls.do_handshake()
+        s.until(lambda: s.table())
+        [(entry_id, state)] = s.table()
+        assert state == "handshaking"
+        c.do_handshake()
+        s.until(lambda: s.table()[0][1] != "handshaking")
+        assert s.table() == [(entry_id, "reading-ahead")]  # no request yet: held off the loop
+        c.sendall(b"hello\n")
+        assert json.loads(recv_line(c)) == ["hello\n", [entry_id, "handling"]]
+        assert c.recv() == b""
+        c.close()
+
+
+@pytest.mark.slow
+@pytest.mark.threads
 def test_shutdown_cancels_a_stalled_handshake_at_shutdown_timeout(unix_path: str) -> None:
     with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path,
                                   ssl_context=server_context(), shutdown_timeout=0.3) as s:
@@ -501,18 +562,16 @@ def test_shutdown_cancels_a_stalled_handshake_at_shutdown_timeout(unix_path: str
     assert len(lines) == 1 and "shutdown_timeout=0.3" in lines[0], lines
 
 
+@pytest.mark.threads
 def test_shutdown_drains_a_handshake_in_progress(unix_path: str) -> None:
     with pipe_log() as log, serve("plain", "tcp", EchoAsync, unix_path,
                                   ssl_context=server_context(), shutdown_timeout=20) as s:
-        c = s.connect(handshake=False)
-        c.tls.settimeout(0)
-        with pytest.raises(ssl.SSLWantReadError):
-            c.tls.do_handshake()  # ClientHello sent, the rest to come
+        c = StagedClient(s.address)
+        c.hello()  # the ClientHello, and no more until told
         s.until(lambda: [state for _, state in s.table()] == ["handshaking"])
         stopping = threading.Thread(target=s.server.shutdown)
         stopping.start()
         s.until(lambda: not listening(s.server))  # draining has begun
-        c.tls.settimeout(10)
         c.do_handshake()
         assert echo(c) == b"echo: ping\n"
         bye(c)
@@ -526,8 +585,11 @@ OPENSSL = shutil.which("openssl")
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="the openssl CLI is not installed")
-@pytest.mark.parametrize("mode,kind", [("plain", "async"), ("threading", "def"),
-                                       ("forking", "async")])
+@pytest.mark.parametrize("mode,kind", [
+    pytest.param("plain", "async", marks=pytest.mark.threads, id="plain-async"),
+    pytest.param("threading", "def", marks=pytest.mark.threads, id="threading-def"),
+    pytest.param("forking", "async", marks=[pytest.mark.forking, needs_fork],
+                 id="forking-async")])
 def test_openssl_s_client_is_served(mode: str, kind: str, unix_path: str) -> None:
     """A real external TLS client: OpenSSL's s_client verifies the server, presents a client
     certificate, negotiates ALPN, and reads the echo until the server closes."""

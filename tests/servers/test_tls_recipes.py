@@ -25,7 +25,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from typing import Any
@@ -33,11 +32,11 @@ from typing import Any
 import pytest
 
 import servers
-from conftest import connect, recv_all, recv_line
+from conftest import connect, recv_all, recv_line  # type: ignore[import-not-found]
 from test_consumers import ROOT, run_consumer
-from test_tls_support import CERTS, FAMILIES, MODES, client_context, needs_fork, server_context
+from test_tls_support import CERTS, client_context, needs_fork, needs_unix, server_context
 
-pytestmark = [needs_fork, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
 
 RECIPES = ["listener", "server_bind", "server_activate", "get_request", "setup",
            "finish_request"]
@@ -141,6 +140,8 @@ print("done", flush=True)
 """
 
 SESSIONS = 2  # per (mode, family): the server goes on serving after a TLS connection
+MODES = ("plain", "threading", "forking")
+FAMILIES = ("tcp", "unix")
 WORKER = {"plain": "loop", "threading": "thread", "forking": "child"}
 
 
@@ -168,6 +169,8 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+@needs_fork
+@needs_unix
 @pytest.mark.slow
 @pytest.mark.forking
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -359,7 +362,7 @@ def test_xmlrpc_over_https_and_logging_http_handler_secure(tmp_path: Any) -> Non
                                 ["WARNING", "twice", "TLSv1.3"]]
 
 
-# ------------------------------------------------------------------------------ better than the stdlib
+# ------------------------------------------------------------------------- better than the stdlib
 # The standard library performs the handshake inside accept(): with `socketserver` itself in
 # place of `servers` below, this test fails for both classes (checked by hand on 3.11: the good
 # client's handshake times out while serve_forever() sits in the silent client's handshake).

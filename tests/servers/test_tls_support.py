@@ -33,9 +33,8 @@ from test_hostile_support import in_thread, on_loop, on_reactor, pipe_log
 
 HOST = "127.0.0.1"
 CERTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs")
-MODES = ("plain", "threading", "forking")
-FAMILIES = ("tcp", "unix")
-KINDS = ("def", "async")
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+needs_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX")
 SERVER_CLASSES: dict[tuple[str, str], type] = {
     ("plain", "tcp"): servers.TCPServer,
     ("threading", "tcp"): servers.ThreadingTCPServer,
@@ -44,11 +43,20 @@ SERVER_CLASSES: dict[tuple[str, str], type] = {
     ("threading", "unix"): servers.ThreadingUnixStreamServer,
     ("forking", "unix"): servers.ForkingUnixStreamServer,
 }
+_MARKS: dict[str, list[Any]] = {"plain": [pytest.mark.threads],  # (its serving thread)
+                                "threading": [pytest.mark.threads],
+                                "forking": [pytest.mark.forking, needs_fork],
+                                "tcp": [], "unix": [needs_unix]}
+# Parameter sets for pytest.mark.parametrize, marked by mode and family:
+MODES = [pytest.param(mode, marks=_MARKS[mode], id=mode)
+         for mode in ("plain", "threading", "forking")]
+FAMILIES = [pytest.param(family, marks=_MARKS[family], id=family)
+            for family in ("tcp", "unix")]
 # Every (mode, kind) pair; CONCURRENT leaves out a classic handler on a plain server, which
 # serves one connection at a time by design (its loop runs the handler).
-EVERY_MODE = [(mode, kind) for mode in MODES for kind in KINDS]
-CONCURRENT = [pair for pair in EVERY_MODE if pair != ("plain", "def")]
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+EVERY_MODE = [pytest.param(mode, kind, marks=_MARKS[mode], id=f"{mode}-{kind}")
+              for mode in ("plain", "threading", "forking") for kind in ("def", "async")]
+CONCURRENT = [param for param in EVERY_MODE if param.values != ("plain", "def")]
 
 
 def cert(name: str) -> tuple[str, str]:
@@ -149,6 +157,11 @@ class BlockingClient:
     def recv(self, size: int = 65536) -> bytes:
         return self.tls.recv(size)
 
+    def unwrap(self) -> socket.socket:
+        """Send close_notify and wait for the server's; returns the plain socket."""
+        plain: socket.socket = self.tls.unwrap()
+        return plain
+
     def close(self) -> None:
         """Close without close_notify (Python's `SSLSocket.close()` never sends it)."""
         with contextlib.suppress(OSError):
@@ -206,6 +219,62 @@ class PumpedClient(BlockingClient):
         data: bytes = self._retry(lambda: self.tls.recv(size))
         return data
 
+    def unwrap(self) -> socket.socket:
+        plain: socket.socket = self._retry(self.tls.unwrap)
+        return plain
+
+
+class StagedClient(BlockingClient):
+    """A blocking TLS client over memory BIOs (`SSLContext.wrap_bio`) whose `hello()` sends
+    the ClientHello alone: the rest of the handshake waits for `do_handshake()`, however
+    fast the server answers from another thread."""
+
+    def __init__(self, address: Any, context: ssl.SSLContext | None = None,
+                 server_hostname: str = "localhost") -> None:
+        self.raw = plain_client(address)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = (context or client_context()).wrap_bio(
+            self.incoming, self.outgoing, server_hostname=server_hostname)
+
+    def _run(self, operation: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                result = operation()
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.raw.recv(65536)
+                if data:
+                    self.incoming.write(data)
+                else:
+                    self.incoming.write_eof()
+                continue
+            self._flush()
+            return result
+
+    def _flush(self) -> None:
+        if data := self.outgoing.read():
+            self.raw.sendall(data)
+
+    def hello(self) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.obj.do_handshake()
+        self._flush()
+
+    def do_handshake(self) -> None:
+        self._run(self.obj.do_handshake)
+
+    def sendall(self, data: bytes) -> None:
+        self._run(lambda: self.obj.write(data))
+
+    def recv(self, size: int = 65536) -> bytes:
+        data: bytes = self._run(lambda: self.obj.read(size))  # b"" after close_notify
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.raw.shutdown(socket.SHUT_RDWR)
+        self.raw.close()
+
 
 def recv_line(c: BlockingClient) -> bytes:
     data = bytearray()
@@ -259,6 +328,18 @@ class Served:
     @property
     def address(self) -> Any:
         return self.server.server_address
+
+    @property
+    def loop(self) -> reactor.Reactor:
+        """The reactor the test thread runs (pumped servers only)."""
+        assert self.r is not None, "this server runs in another thread"
+        return self.r
+
+    @property
+    def fake_clock(self) -> FakeClock:
+        """The reactor's clock, moved by the test (pumped servers only)."""
+        assert self.clock is not None, "this server runs in another thread"
+        return self.clock
 
     def connect(self, context: ssl.SSLContext | None = None, server_hostname: str = "localhost",
                 handshake: bool = True) -> BlockingClient:
