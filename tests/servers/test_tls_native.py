@@ -76,6 +76,8 @@ class EchoAsync(servers.StreamRequestHandler):
 
 
 ECHO = {"def": EchoDef, "async": EchoAsync}
+VERSIONS = [pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
+            pytest.param(ssl.TLSVersion.TLSv1_3, id="tls1.3")]
 
 
 def handler_errors(s: Any) -> list[Any]:
@@ -188,8 +190,8 @@ def test_a_silent_client_is_cut_at_ssl_handshake_timeout_while_others_are_served
     bound = 0.4
     with pipe_log() as log, serve(mode, family, EchoDef, unix_path, ssl_context=server_context(),
                                   ssl_handshake_timeout=bound) as s:
+        started = time.monotonic()  # before the server can accept (and start its timer)
         silent = s.raw()  # connects, never sends a ClientHello
-        started = time.monotonic()
         good = s.connect()  # served meanwhile
         assert echo(good) == b"echo: ping\n"
         bye(good)
@@ -324,11 +326,13 @@ def blob(size: int) -> bytes:
     return hashlib.sha256(b"seed").digest() * (size // 32)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("mode,kind", EVERY_MODE)
-def test_a_5_mb_response_over_tls(mode: str, kind: str, unix_path: str) -> None:
+def test_a_5_mb_response_over_tls(mode: str, kind: str, version: ssl.TLSVersion,
+                                  unix_path: str) -> None:
     handler: Any = {"def": BigDef, "async": BigAsync}[kind]
     with serve(mode, "tcp", handler, unix_path, ssl_context=server_context()) as s:
-        c = s.connect()
+        c = s.connect(client_context(version=version))
         c.sendall(b"go\n")
         data = recv_all(c)  # ends cleanly: close_notify after the last byte
         c.close()
@@ -361,14 +365,16 @@ class ApiAsync(servers.StreamRequestHandler):
         self.wfile.write(b"exact " + await self.rfile.read(4) + b"\n")
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
-def test_async_reader_api_over_tls(mode: str, family: str, unix_path: str) -> None:
+def test_async_reader_api_over_tls(mode: str, family: str, version: ssl.TLSVersion,
+                                   unix_path: str) -> None:
     body = os.urandom(300_000)  # above max_buffer_size (256 KiB): delivered whole
     assert len(body) > ApiAsync.max_buffer_size
     with pipe_log() as log, serve(mode, family, ApiAsync, unix_path,
                                   ssl_context=server_context()) as s:
-        c = s.connect()
+        c = s.connect(client_context(version=version))
         c.sendall(b"%d\n" % len(body) + body + b"tail\n")
         digest = hashlib.sha256(body).hexdigest()[:16].encode()
         assert recv_line(c) == b"300000 %s tail\n" % digest

@@ -387,9 +387,9 @@ def test_a_silent_client_does_not_freeze_serve_forever_with_a_wrapped_listening_
     server.socket = server_context().wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
+    started = time.monotonic()  # before the server can accept (and start its timer)
     silent = connect(server.server_address)  # connects, never sends its ClientHello
     try:
-        started = time.monotonic()
         good = connect(server.server_address, timeout=5)
         with client_context().wrap_socket(good, server_hostname="localhost") as tls:
             tls.sendall(b"hi\n")
