@@ -7,8 +7,9 @@ harness serves a handler in any mode and hands out TLS clients with the same sur
   that thread);
 - forking servers run their loop on the test thread (3.12+ warns when forking with threads
   alive) and their clients are non-blocking, each operation pumping the loop until it can
-  proceed. Such a client ends its connection with `shutdown()`, which a forked child that
-  inherited a copy of the client's descriptor cannot hold back.
+  proceed; so do plain servers asked for `pumped=True`, with a fake clock the test moves.
+  A client ends its connection with `shutdown()`, which a forked child that inherited a copy
+  of the client's descriptor cannot hold back.
 Handlers report what they saw through `Notes`, a pipe that works from threads and children.
 """
 
