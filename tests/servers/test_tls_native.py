@@ -14,10 +14,12 @@ yet when this suite was written).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -30,8 +32,8 @@ import servers
 from handlers.transport import tls_of
 from test_hostile_support import listening
 from test_tls_support import (
-    CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, StagedClient, client_context,
-    needs_fork, pipe_log, recv_all, recv_line, refused, serve, server_context, subject_cn)
+    CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, PumpedClient, StagedClient,
+    client_context, needs_fork, pipe_log, recv_all, recv_line, refused, serve, server_context, subject_cn)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -413,6 +415,51 @@ class Flood(servers.StreamRequestHandler):
         except TimeoutError:
             type(self).outcome.append("timeout")
             raise
+
+
+class Stream(servers.StreamRequestHandler):
+    """Send back whatever comes, as it comes (read1, write, drain): full duplex."""
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # writes wait
+        super().setup()
+
+    async def handle(self) -> None:
+        while chunk := await self.rfile.read1(65536):
+            self.wfile.write(chunk)
+            await self.wfile.drain()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_full_duplex_streaming_over_tls(version: ssl.TLSVersion, unix_path: str) -> None:
+    """The client keeps sending while the echo comes back: the reactor reads records while
+    a write of its own waits for the socket, and writes while reads wait."""
+    data = os.urandom(4 * 1024 * 1024)
+    with serve("plain", "tcp", Stream, unix_path, pumped=True,
+               ssl_context=server_context()) as s:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        raw.settimeout(10)
+        raw.connect(s.address)
+        c = PumpedClient(s.loop, raw, client_context(version=version))
+        tls, view, got = c.tls, memoryview(data), bytearray()
+        for _ in range(20000):  # one client, one thread: no SSL object used by two threads
+            progress = False
+            try:  # send while the socket takes it; read only once it does not (the server's
+                if not view:  # writes then wait for the socket while it reads, and back)
+                    raise ssl.SSLWantWriteError
+                view, progress = view[tls.send(view[:65536]):], True
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    while chunk := tls.recv(65536):
+                        got += chunk
+                        progress = True
+            if len(got) == len(data):
+                break
+            s.loop.run_once(0 if progress else 0.01)
+        assert len(got) == len(data) and got == data
+        c.unwrap()  # close_notify both ways: the handler's read1() gives b""
+        c.close()
 
 
 def test_drain_backpressure_and_write_timeout_over_tls(unix_path: str) -> None:

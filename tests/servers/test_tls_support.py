@@ -137,12 +137,20 @@ def noting_handle_error(server: Any, request: Any, client_address: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ clients
+def connected(address: Any) -> socket.socket:
+    """A plain connection to `address`; a socket passed instead is taken as it is (a test
+    that needs options set before connecting connects it itself)."""
+    if isinstance(address, socket.socket):
+        return address
+    return plain_client(address)
+
+
 class BlockingClient:
     """A blocking TLS client (its handshake done), for servers served by another thread."""
 
     def __init__(self, address: Any, context: ssl.SSLContext | None = None,
                  server_hostname: str = "localhost", handshake: bool = True) -> None:
-        raw = plain_client(address)
+        raw = connected(address)
         self.tls = (context or client_context()).wrap_socket(
             raw, server_hostname=server_hostname, do_handshake_on_connect=False,
             suppress_ragged_eofs=False)  # EOF without close_notify raises: tests see it
@@ -180,7 +188,7 @@ class PumpedClient(BlockingClient):
                  turns: int = 2000) -> None:
         self.r = r
         self.turns = turns
-        raw = plain_client(address)
+        raw = connected(address)
         raw.setblocking(False)
         self.tls = (context or client_context()).wrap_socket(
             raw, server_hostname=server_hostname, do_handshake_on_connect=False,
