@@ -33,7 +33,8 @@ from handlers.transport import tls_of
 from test_hostile_support import listening
 from test_tls_support import (
     CONCURRENT, EVERY_MODE, FAMILIES, HOST, MODES, BlockingClient, PumpedClient, StagedClient,
-    client_context, needs_fork, pipe_log, recv_all, recv_line, refused, serve, server_context, subject_cn)
+    client_context, needs_fork, pipe_log, recv_all, recv_line, refused, serve, server_context,
+    subject_cn)
 
 pytestmark = pytest.mark.timeout(30)
 
