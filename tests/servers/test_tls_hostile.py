@@ -26,7 +26,9 @@ import os
 import random
 import socket
 import ssl
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,6 +139,9 @@ PLAIN_ASYNC = Mode("plain-async", servers.TCPServer, AsyncService, True)
 PLAIN_CLASSIC = Mode("plain-classic", servers.TCPServer, ClassicService, True)
 THREADING = Mode("threading", servers.ThreadingTCPServer, ClassicService, False)
 FORKING = Mode("forking", servers.ForkingTCPServer, AsyncService, False)
+# the other handler style in the workers, where the handler's own bounds are under test
+THREADING_ASYNC = Mode("threading-async", servers.ThreadingTCPServer, AsyncService, False)
+FORKING_CLASSIC = Mode("forking-classic", servers.ForkingTCPServer, ClassicService, False)
 
 
 def modes(*only: Mode, real_time_is_slow: bool = False) -> list[Any]:
@@ -160,20 +165,38 @@ class Served:
     r: reactor.Reactor
     clock: FakeClock
     log: PipeLog
+    errors: ErrorLines
 
     def lines(self) -> list[str]:
         """Lines the "servers" logger wrote so far (children included): "LEVEL message"."""
         return list(self.log.collect())
+
+    def handled_errors(self) -> list[str]:
+        """Exception names `handle_error()` was called with so far (children included)."""
+        return list(self.errors.collect())
+
+
+class ErrorLines(PipeLog):
+    """What `handle_error()` reports, one line per call, through a pipe (children too)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        os.write(self.wfd, type(sys.exc_info()[1]).__name__.encode() + b"\n")
 
 
 @contextlib.contextmanager
 def serving(mode: Mode, handler: type | None = None, server_class: type | None = None,
             **attrs: Any) -> Iterator[Served]:
     """A TLS server of `mode` on a fake-clock reactor driven by the test thread."""
-    with pipe_log() as log, on_reactor(handler or mode.handler,
-                                       server_class or mode.server_class,
-                                       ssl_context=SERVER_CONTEXT, **attrs) as (server, r, clock):
-        yield Served(server, r, clock, log)
+    errors = ErrorLines()
+    attrs.setdefault("handle_error", lambda _server, *args: errors.handle_error(*args))
+    try:
+        with pipe_log() as log, on_reactor(handler or mode.handler,
+                                           server_class or mode.server_class,
+                                           ssl_context=SERVER_CONTEXT, **attrs) as (server, r,
+                                                                                     clock):
+            yield Served(server, r, clock, log, errors)
+    finally:
+        errors.close()
 
 
 def entry_of(r: reactor.Reactor, address: list[Any]) -> Any:
@@ -322,3 +345,223 @@ def test_a_reset_mid_handshake_ends_that_connection_with_one_info_line(mode: Mod
         lines = s.lines()
     assert len(lines) == 1 and lines[0].startswith("INFO "), lines
     assert "TLS handshake" in lines[0] and "ended" in lines[0]
+
+
+# ------------------------------------------------------------------------------ a reader that stops
+STUCK = """
+    stuck = tls_connect()
+    if READ == 0:  # reads nothing at all: keep what the kernel holds for it small
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    stuck.sendall(b"flood\\n")
+    got = 0
+    while got < READ:  # the first MiB of the 50 MB response, then not one byte more
+        got += len(stuck.recv(65536))
+    report([got, time.monotonic()])
+    report([probe(), time.monotonic()])
+    assert sys.stdin.readline() == "go\\n"  # the server has dropped it
+    stuck.close()
+"""
+
+
+def stuck_reader(address: Any, read: int = 1 << 20) -> ClientProcess:
+    """A TLS client that asks for 50 MB, reads `read` bytes of it and then nothing; it then
+    sends the probe, and leaves when the test says "go"."""
+    return tls_clients(STUCK, address, READ=read)
+
+
+def stalled_writer(r: reactor.Reactor, entry: Any) -> bool:
+    """True once `entry` waits to write and has sent nothing for 20 turns (the kernel's
+    buffers towards a client that reads nothing are full)."""
+    for _ in range(20):
+        if entry.state != "writing":
+            return False
+        before = entry.bytes_out
+        r.run_once(0.005)
+        if entry.bytes_out != before:
+            return False
+    return True
+
+
+def test_plain_async_stuck_reader_is_dropped_at_write_timeout_with_output_under_high_water(
+        ) -> None:
+    class Handler(AsyncService):
+        write_timeout = 5.0
+        queued: list[int] = []
+
+    with serving(PLAIN_ASYNC, Handler) as s, \
+            stuck_reader(s.server.server_address) as proc:
+        r = s.r
+        proc.wait_lines(r, 1)
+        stuck = r.requests[0]
+        pump(r, lambda: stalled_writer(r, stuck))
+        assert proc.wait_lines(r, 2)[1][0] == "probe\n", "not served meanwhile"
+        s.clock.advance(Handler.write_timeout - 0.01)
+        turns(r, 5)
+        assert stuck in r.requests, "dropped before write_timeout"
+        s.clock.advance(0.02)
+        pump(r, lambda: not r.requests)
+        assert stuck.bytes_out is not None and stuck.bytes_out < FLOOD // 2
+        proc.send("go")
+        proc.finish(r)
+        lines = s.lines()
+    assert max(Handler.queued) <= Handler.write_high_water + CHUNK, max(Handler.queued)
+    assert len(lines) == 1 and lines[0].startswith("INFO ") and "ended" in lines[0], lines
+
+
+def test_plain_async_without_write_timeout_a_stuck_reader_is_not_dropped() -> None:
+    class Handler(AsyncService):
+        write_timeout = None
+        queued: list[int] = []
+
+    with serving(PLAIN_ASYNC, Handler) as s, \
+            stuck_reader(s.server.server_address) as proc:
+        r = s.r
+        proc.wait_lines(r, 2)
+        stuck = r.requests[0]
+        pump(r, lambda: stalled_writer(r, stuck))
+        s.clock.advance(1e6)
+        turns(r, 5)
+        assert stuck in r.requests and stuck.state == "writing", "dropped without a bound"
+        proc.send("go")  # the client leaves: only then does the request end
+        proc.finish(r)
+        pump(r, lambda: not r.requests)
+        lines, errors = s.lines(), s.handled_errors()
+    assert max(Handler.queued) <= Handler.write_high_water + CHUNK
+    assert errors == []
+    assert len(lines) == 1 and lines[0].startswith("INFO ") and "ended" in lines[0], lines
+
+
+def test_plain_async_writes_past_max_write_buffer_end_with_one_warning() -> None:
+    class Handler(AsyncService):
+        max_write_buffer = 1024 * 1024
+        write_timeout = 5.0
+        queued: list[int] = []
+
+        async def handle(self) -> None:
+            line = await self.rfile.readline()
+            if line != b"flood\n":
+                self.wfile.write(line)
+                return
+            # little room in the kernel: the queue, not the socket, holds what is written
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            block = b"n" * CHUNK
+            for _ in range(FLOOD // CHUNK):  # never drains
+                self.wfile.write(block)
+                type(self).queued.append(self.wfile.buffered)
+
+    with serving(PLAIN_ASYNC, Handler) as s, \
+            stuck_reader(s.server.server_address, read=0) as proc:
+        r = s.r
+        assert proc.wait_lines(r, 2)[1][0] == "probe\n"
+        stuck = r.requests[0]
+        pump(r, lambda: stalled_writer(r, stuck))  # what was queued waits for the client
+        s.clock.advance(Handler.write_timeout + 0.01)
+        pump(r, lambda: not r.requests)
+        proc.send("go")
+        proc.finish(r)
+        lines = s.lines()
+    assert max(Handler.queued) <= Handler.max_write_buffer
+    assert len(Handler.queued) < FLOOD // CHUNK
+    assert len(lines) == 1 and lines[0].startswith("WARNING "), lines
+    assert "max_write_buffer" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", modes(PLAIN_CLASSIC, THREADING, THREADING_ASYNC, FORKING,
+                                       FORKING_CLASSIC))
+def test_a_stuck_reader_is_dropped_at_its_socket_timeout(mode: Mode) -> None:
+    """Blocking I/O (a classic handler, or any handler in a thread or a child): the write
+    blocks in `sendall()` and the socket's timeout ends it. A plain server serves others once
+    it has (the standard library's one-at-a-time contract); the workers, meanwhile."""
+    timeout = 1.0
+    # The socket's deadline runs per send() call (OpenSSL's write of one chunk), and the last
+    # call may have begun just before the client stopped reading.
+    slack = 0.1
+
+    class Classic(ClassicService):
+        pass
+
+    class Async(AsyncService):
+        write_timeout = timeout
+        queued: list[int] = []
+
+    Classic.timeout = timeout
+    handler = Classic if mode.handler is ClassicService else Async
+    with serving(mode, handler) as s, stuck_reader(s.server.server_address) as proc:
+        r = s.r
+        if mode.on_loop:  # the loop is inside the handler until the socket's timeout
+            (_, stopped), (answer, answered) = proc.wait_lines(r, 2)
+            assert timeout - slack <= answered - stopped < timeout + 5
+        else:
+            _, stopped = proc.wait_lines(r, 1)[0]
+            stuck = r.requests[0]
+            answer, answered = proc.wait_lines(r, 2)[1]
+            assert stuck in r.requests, "not served meanwhile"
+            pump(r, lambda: stuck not in r.requests)
+            assert timeout - slack <= time.monotonic() - stopped < timeout + 5
+        assert answer == "probe\n"
+        proc.send("go")
+        proc.finish(r)
+        pump(r, lambda: not r.requests)
+        lines, errors = s.lines(), s.handled_errors()
+    if handler is Classic:  # the standard library's report of a handler's exception
+        assert (lines, errors) == ([], ["TimeoutError"])
+    else:
+        assert errors == [] and len(lines) == 1 and lines[0].startswith("INFO "), lines
+        assert "timed out" in lines[0]
+
+
+# ------------------------------------------------------------------------------ after the handshake
+VANISH = """
+    bad = tls_connect()
+    bad.sendall(b"flood\\n")
+    got = 0
+    while got < 1 << 20:
+        got += len(bad.recv(65536))
+    reset(bad)  # gone mid-response, without close_notify
+    report(probe())
+"""
+
+
+@pytest.mark.parametrize("mode", modes(PLAIN_ASYNC, THREADING_ASYNC, FORKING))
+def test_a_tls_client_vanishing_mid_response_ends_with_one_info_line(mode: Mode) -> None:
+    """As a plain TCP client that resets: the async handler's write raises a ConnectionError
+    (OpenSSL reports the vanished peer as "EOF occurred in violation of protocol")."""
+    with serving(mode) as s, tls_clients(VANISH, s.server.server_address) as proc:
+        r = s.r
+        assert proc.finish(r) == ["probe\n"]
+        pump(r, lambda: not r.requests)
+        lines, errors = s.lines(), s.handled_errors()
+    assert errors == [], "a client that leaves is not a server error"
+    assert len(lines) == 1 and lines[0].startswith("INFO ") and "ended" in lines[0], lines
+
+
+GARBAGE_RECORD = """
+    bad = tls_connect()
+    raw = socket.socket(fileno=os.dup(bad.fileno()))
+    raw.settimeout(20)
+    # an application-data record that does not decrypt
+    raw.sendall(b"\\x17\\x03\\x03\\x00\\x20" + b"g" * 32)
+    recv_all(raw)  # whatever the server says, until it closes
+    raw.close()
+    bad.close()
+    report(probe())
+"""
+
+
+@pytest.mark.parametrize("mode", modes(PLAIN_ASYNC, PLAIN_CLASSIC, THREADING, THREADING_ASYNC,
+                                       FORKING))
+def test_garbage_records_after_the_handshake_end_that_connection(mode: Mode) -> None:
+    """An async handler meets a ConnectionError (one INFO line, as for any client fault);
+    a classic handler meets the `ssl.SSLError` the standard library gives it, which goes to
+    `handle_error()`, as there."""
+    with serving(mode) as s, tls_clients(GARBAGE_RECORD, s.server.server_address) as proc:
+        r = s.r
+        assert proc.finish(r) == ["probe\n"]
+        pump(r, lambda: not r.requests)
+        lines, errors = s.lines(), s.handled_errors()
+    if mode.handler is ClassicService:
+        assert (lines, errors) == ([], ["SSLError"])
+    else:
+        assert errors == [] and len(lines) == 1 and lines[0].startswith("INFO "), lines
+        assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" in lines[0]
