@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import sys
@@ -565,3 +566,45 @@ def test_garbage_records_after_the_handshake_end_that_connection(mode: Mode) -> 
     else:
         assert errors == [] and len(lines) == 1 and lines[0].startswith("INFO "), lines
         assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" in lines[0]
+
+
+# ------------------------------------------------------------------------------ at shutdown
+class PlainEcho(servers.StreamRequestHandler):
+    async def handle(self) -> None:
+        async for line in self.rfile:
+            self.wfile.write(line)
+
+
+def test_a_stalled_handshake_cancelled_at_shutdown_leaves_nothing_armed() -> None:
+    """The drain cancels a handshake that outlives `shutdown_timeout`; the handshake's own
+    deadline, passing later, must then touch nothing: not the loop, which goes on serving
+    another server, nor the descriptor number, which another connection may have taken."""
+    with serving(PLAIN_ASYNC, ssl_handshake_timeout=30.0, shutdown_timeout=1.0) as s:
+        r = s.r
+        other = servers.TCPServer((HOST, 0), PlainEcho)
+        r.register(other)
+        try:
+            silent = socket.create_connection(s.server.server_address, timeout=10)
+            pump(r, lambda: len(r.requests) == 1)
+            assert r.requests[0].stage is reactor.Stage.HANDSHAKING
+            fd = r.requests[0].fd
+            s.server.begin_shutdown()  # what Reactor.shutdown() does for each server
+            s.clock.advance(1.0)
+            pump(r, lambda: not r.requests)  # cancelled: shutdown_timeout passed
+            assert silent.recv(10) == b""
+            silent.close()
+            with socket.create_connection(other.server_address, timeout=10) as survivor:
+                pump(r, lambda: len(r.requests) == 1)
+                assert r.requests[0].fd == fd  # the number was free again: it was reused
+                s.clock.advance(30.0)  # the cancelled handshake's deadline passes
+                turns(r, 5)
+                survivor.sendall(b"still served\n")
+                pump(r, lambda: bool(select.select([survivor], [], [], 0)[0]))
+                assert survivor.recv(100) == b"still served\n"
+            pump(r, lambda: not r.requests)
+        finally:
+            r.unregister(other)
+            other.server_close()
+        lines = s.lines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING "), lines
+    assert "shutdown_timeout" in lines[0]
