@@ -4,7 +4,9 @@ forking server (the thread or child completes it). Each test shows that a well-b
 client is served while the bad one is stuck, that the bad connection ends at its bound with
 one line on the "servers" logger, that memory stays bounded, and that nothing is left behind
 (the autouse `no_leaks`, and `on_reactor`'s empty table and reaped children); a bound that
-matters also gets a test showing the client is not cut without it.
+matters also gets a test showing the client is not cut without it. Memory is measured where
+something could pile up: the write queue of a client that stops reading, and the server's RSS
+under a crowd of handshakes.
 
 The server's loop runs on the test thread (`on_reactor`), with a fake clock: on a plain server
 the handshake deadline and the handler's timeouts are reactor timers, so a test moves time by
@@ -20,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import logging
 import os
 import random
 import select
@@ -53,6 +53,9 @@ def server_context() -> ssl.SSLContext:
 SERVER_CONTEXT = server_context()
 CHUNK = 65536
 FLOOD = 50 * 1024 * 1024  # the response a stuck reader stops reading
+# The bounds in threads and children (real seconds): the probe must be served before the bad
+# client is cut, and took at most 30 ms here (a loaded 2-core machine).
+REAL_BOUND = 0.5
 
 # Client-side helpers, run after test_hostile_support.CLIENT_PRELUDE in the client process.
 TLS_PRELUDE = textwrap.dedent(f"""
@@ -160,6 +163,13 @@ def modes(*only: Mode, real_time_is_slow: bool = False) -> list[Any]:
     return params
 
 
+class ErrorLines(PipeLog):
+    """What `handle_error()` reports, one line per call, through a pipe (children too)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        os.write(self.wfd, type(sys.exc_info()[1]).__name__.encode() + b"\n")
+
+
 @dataclasses.dataclass
 class Served:
     server: Any
@@ -177,32 +187,18 @@ class Served:
         return list(self.errors.collect())
 
 
-class ErrorLines(PipeLog):
-    """What `handle_error()` reports, one line per call, through a pipe (children too)."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        os.write(self.wfd, type(sys.exc_info()[1]).__name__.encode() + b"\n")
-
-
 @contextlib.contextmanager
-def serving(mode: Mode, handler: type | None = None, server_class: type | None = None,
-            **attrs: Any) -> Iterator[Served]:
+def serving(mode: Mode, handler: type | None = None, **attrs: Any) -> Iterator[Served]:
     """A TLS server of `mode` on a fake-clock reactor driven by the test thread."""
     errors = ErrorLines()
     attrs.setdefault("handle_error", lambda _server, *args: errors.handle_error(*args))
     try:
-        with pipe_log() as log, on_reactor(handler or mode.handler,
-                                           server_class or mode.server_class,
+        with pipe_log() as log, on_reactor(handler or mode.handler, mode.server_class,
                                            ssl_context=SERVER_CONTEXT, **attrs) as (server, r,
                                                                                      clock):
             yield Served(server, r, clock, log, errors)
     finally:
         errors.close()
-
-
-def entry_of(r: reactor.Reactor, address: list[Any]) -> Any:
-    """The table entry of the client connected from `address` (as a client reported it)."""
-    return next(entry for entry in r.requests if list(entry.client_address) == address)
 
 
 # ------------------------------------------------------------------------------ stalled handshakes
@@ -224,9 +220,7 @@ STALLED = """
 @pytest.mark.parametrize("send", ["nothing", "half-hello"])
 @pytest.mark.parametrize("mode", modes(real_time_is_slow=True))
 def test_a_stalled_handshake_is_cut_at_ssl_handshake_timeout(mode: Mode, send: str) -> None:
-    # fake seconds on the loop; real ones elsewhere, where the probe (measured: at most 30 ms
-    # on this loaded 2-core machine) must be served before the bad client is cut
-    timeout = 30.0 if mode.on_loop else 0.5
+    timeout = 30.0 if mode.on_loop else REAL_BOUND  # fake seconds on the loop
     with serving(mode, ssl_handshake_timeout=timeout) as s, \
             tls_clients(STALLED, s.server.server_address, SEND=send) as proc:
         r = s.r
@@ -267,7 +261,7 @@ NO_BOUND = """
 
 @pytest.mark.parametrize("mode", modes(PLAIN_ASYNC, THREADING, real_time_is_slow=True))
 def test_without_ssl_handshake_timeout_a_silent_client_is_not_cut(mode: Mode) -> None:
-    wait = 0.0 if mode.on_loop else 1.0  # real seconds: twice the bound used above in threads
+    wait = 0.0 if mode.on_loop else 2 * REAL_BOUND  # real seconds: twice the bound above
     with serving(mode, ssl_handshake_timeout=None) as s, \
             tls_clients(NO_BOUND, s.server.server_address, WAIT=wait) as proc:
         r = s.r
@@ -476,19 +470,18 @@ def test_a_stuck_reader_is_dropped_at_its_socket_timeout(mode: Mode) -> None:
     """Blocking I/O (a classic handler, or any handler in a thread or a child): the write
     blocks in `sendall()` and the socket's timeout ends it. A plain server serves others once
     it has (the standard library's one-at-a-time contract); the workers, meanwhile."""
-    timeout = 0.5
+    timeout = REAL_BOUND
     # The socket's deadline runs per send() call (OpenSSL's write of one chunk), and the last
     # call may have begun just before the client stopped reading.
     slack = 0.1
 
     class Classic(ClassicService):
-        pass
+        timeout = REAL_BOUND
 
     class Async(AsyncService):
-        write_timeout = timeout
+        write_timeout = REAL_BOUND
         queued: list[int] = []
 
-    Classic.timeout = timeout
     handler = Classic if mode.handler is ClassicService else Async
     with serving(mode, handler) as s, stuck_reader(s.server.server_address) as proc:
         r = s.r
