@@ -1,17 +1,18 @@
 """Hostile TLS clients (issue 9, section 3), each case in every mode: a plain server with an
 async handler and with a classic handler (the reactor drives the handshake), a threading and a
 forking server (the thread or child completes it). Each test shows that a well-behaved TLS
-client is served while the bad one is stuck, that the bad connection ends at its bound with
-one line on the "servers" logger, that memory stays bounded, and that nothing is left behind
-(the autouse `no_leaks`, and `on_reactor`'s empty table and reaped children); a bound that
-matters also gets a test showing the client is not cut without it. Memory is measured where
-something could pile up: the write queue of a client that stops reading, and the server's RSS
-under a crowd of handshakes.
+client (the probe) is served while the bad one is stuck, that the bad connection ends at its
+bound with one line on the "servers" logger (or, for an exception in a classic handler, one
+`handle_error()` call: the standard library's report), that memory stays bounded, and that
+nothing is left behind (the autouse `no_leaks`, and `on_reactor`'s empty table and reaped
+children). A bound that matters also gets a test showing the client is not cut without it.
+Memory is measured where something could pile up: the write queue of a client that stops
+reading, and the server's RSS under a crowd of handshakes.
 
 The server's loop runs on the test thread (`on_reactor`), with a fake clock: on a plain server
 the handshake deadline and the handler's timeouts are reactor timers, so a test moves time by
 hand and shows the cut comes exactly at the bound. In threads and children the bounds are
-socket timeouts, in real time, kept small. Every client runs in another process
+socket timeouts, in real time, kept small (`REAL_BOUND`). Clients run in another process
 (`ClientProcess`, with the TLS helpers of `TLS_PRELUDE`): a forking server's children would
 inherit a client socket of the test process, and a client there can block freely. Records go
 through a pipe (`pipe_log`), which children write too. The file is long because each case is a
@@ -246,6 +247,43 @@ def test_a_stalled_handshake_is_cut_at_ssl_handshake_timeout(mode: Mode, send: s
         lines = s.lines()
     assert len(lines) == 1 and lines[0].startswith("INFO "), lines
     assert f"ssl_handshake_timeout={timeout}" in lines[0]
+
+
+DRIBBLE = """
+    started = time.monotonic()
+    bad = connect()
+    bad.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    hello = client_hello()
+    bad.send(hello[:1])
+    report(probe())  # served while the dribbler holds a handshake
+    sent = 1
+    # A byte every INTERVAL s, each well within the bound: a bound per receive would never
+    # cut it (the whole ClientHello would take a minute); the wait doubles as our pacing.
+    while sent < len(hello) and not select.select([bad], [], [], INTERVAL)[0]:
+        bad.send(hello[sent:sent + 1])
+        sent += 1
+    report([sent, recv_all(bad).hex(), time.monotonic() - started])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", modes(THREADING, FORKING))
+def test_a_client_hello_dribbled_byte_by_byte_is_cut_at_ssl_handshake_timeout(
+        mode: Mode) -> None:
+    """In a thread or a child the bound is the socket's timeout, which must bound the whole
+    handshake, not each receive. (On the reactor it is one timer from accept.)"""
+    interval = REAL_BOUND / 5
+    with serving(mode, ssl_handshake_timeout=REAL_BOUND) as s, \
+            tls_clients(DRIBBLE, s.server.server_address, INTERVAL=interval) as proc:
+        r = s.r
+        probe, (sent, data, elapsed) = proc.finish(r)
+        assert probe == "probe\n" and data == ""
+        assert REAL_BOUND <= elapsed < REAL_BOUND + 5
+        assert sent >= 3, "not a dribble"
+        pump(r, lambda: not r.requests)
+        lines = s.lines()
+    assert len(lines) == 1 and lines[0].startswith("INFO "), lines
+    assert f"ssl_handshake_timeout={REAL_BOUND}" in lines[0]
 
 
 NO_BOUND = """
@@ -766,3 +804,37 @@ def test_500_clients_handshaking_at_once_are_served_within_max_connections(
     assert peak == (limit or count) and lines == [], lines
     if limit is not None:  # measured: +2 MiB on the loop (+19 MiB without the bound)
         assert growth < 12 * 1024 * 1024, growth
+
+
+# ------------------------------------------------------------------------------ silent after it
+QUIET = """
+    quiet = tls_connect()  # a complete handshake, then not a byte
+    report(quiet.getsockname())
+    report(probe())
+    assert sys.stdin.readline() == "go\\n"
+    report(quiet.recv(10).hex())  # after the session tickets: the end
+"""
+
+
+def test_read_ahead_holds_a_tls_client_silent_after_its_handshake_off_a_classic_loop() -> None:
+    """A classic handler on a plain server would block the loop reading from a client that
+    completed its handshake and sends nothing; `read_ahead` holds such a connection until its
+    first record arrives, for at most `read_ahead_timeout`."""
+    with serving(PLAIN_CLASSIC, read_ahead=b"\n", read_ahead_timeout=30.0) as s, \
+            tls_clients(QUIET, s.server.server_address) as proc:
+        r = s.r
+        quiet_address = proc.wait_lines(r, 1)[0]
+        assert proc.wait_lines(r, 2)[1] == "probe\n"
+        [quiet] = r.requests  # the probe is served and gone; the quiet client is held
+        assert list(quiet.client_address) == quiet_address
+        assert quiet.stage is reactor.Stage.READING_AHEAD
+        s.clock.advance(29.99)
+        turns(r, 5)
+        assert quiet in r.requests, "cut before read_ahead_timeout"
+        s.clock.advance(0.02)
+        pump(r, lambda: not r.requests)
+        proc.send("go")
+        assert proc.finish(r)[2] == "", "the held connection was closed, unanswered"
+        lines, errors = s.lines(), s.handled_errors()
+    assert errors == [] and len(lines) == 1 and lines[0].startswith("INFO "), lines
+    assert "read_ahead_timeout" in lines[0]
