@@ -98,7 +98,7 @@ def tls_clients(code: str, address: Any, **params: Any) -> ClientProcess:
     return ClientProcess(TLS_PRELUDE + values + textwrap.dedent(code), address)
 
 
-# ------------------------------------------------------------------------------ handlers
+# ---------------------------------------------------------------------- handlers
 class AsyncService(servers.StreamRequestHandler):
     """Echo one line; answer b"flood\\n" with 50 MB written with drain() (the queue after
     each write is recorded in `queued`)."""
@@ -202,7 +202,7 @@ def serving(mode: Mode, handler: type | None = None, **attrs: Any) -> Iterator[S
         errors.close()
 
 
-# ------------------------------------------------------------------------------ stalled handshakes
+# ---------------------------------------------------------------------- stalled handshakes
 STALLED = """
     started = time.monotonic()
     bad = connect()
@@ -320,7 +320,7 @@ def test_without_ssl_handshake_timeout_a_silent_client_is_not_cut(mode: Mode) ->
     assert len(lines) == 1 and lines[0].startswith("INFO ") and "ended" in lines[0], lines
 
 
-# ------------------------------------------------------------------------------ not TLS at all
+# ---------------------------------------------------------------------- not TLS at all
 GARBAGE = {
     "plain-http": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "random-bytes": random.Random(9).randbytes(20000),  # more than the largest record
@@ -360,7 +360,7 @@ def test_plain_http_or_garbage_on_the_tls_port_ends_at_once_with_one_warning(
     assert "TLS handshake" in lines[0] and "failed" in lines[0]
 
 
-# ------------------------------------------------------------------------------ reset mid-handshake
+# ---------------------------------------------------------------------- reset mid-handshake
 RESET = """
     bad = connect()
     bad.sendall(client_hello())
@@ -382,7 +382,7 @@ def test_a_reset_mid_handshake_ends_that_connection_with_one_info_line(mode: Mod
     assert "TLS handshake" in lines[0] and "ended" in lines[0]
 
 
-# ------------------------------------------------------------------------------ a reader that stops
+# ---------------------------------------------------------------------- a reader that stops
 STUCK = """
     stuck = tls_connect()
     if READ == 0:  # reads nothing at all: keep what the kernel holds for it small
@@ -545,7 +545,7 @@ def test_a_stuck_reader_is_dropped_at_its_socket_timeout(mode: Mode) -> None:
         assert "timed out" in lines[0]
 
 
-# ------------------------------------------------------------------------------ after the handshake
+# ---------------------------------------------------------------------- after the handshake
 VANISH = """
     bad = tls_connect()
     bad.sendall(b"flood\\n")
@@ -601,7 +601,7 @@ def test_garbage_records_after_the_handshake_end_that_connection(mode: Mode) -> 
         assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" in lines[0]
 
 
-# ------------------------------------------------------------------------------ at shutdown
+# ---------------------------------------------------------------------- at shutdown
 class PlainEcho(servers.StreamRequestHandler):
     async def handle(self) -> None:
         async for line in self.rfile:
@@ -643,7 +643,7 @@ def test_a_stalled_handshake_cancelled_at_shutdown_leaves_nothing_armed() -> Non
     assert "shutdown_timeout" in lines[0]
 
 
-# ------------------------------------------------------------------------------ a crowd
+# ---------------------------------------------------------------------- a crowd
 CROWD = """
     import errno, selectors
     # COUNT clients start their handshakes at once, without blocking: each connects and sends
@@ -725,7 +725,7 @@ CROWD = """
                 outcome["failed"][error] = outcome["failed"].get(error, 0) + 1
 
     def run(until):
-        while not until() and time.monotonic() < started + 25:
+        while not until() and time.monotonic() < started + 80:
             for key, _ in selector.select(1):
                 key.data.event()
 
@@ -754,7 +754,11 @@ def rss_bytes() -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,limit", [
-    *[pytest.param(*param.values, 50, marks=param.marks, id=param.id) for param in modes()],
+    # A forking server forks once per client: 500 forks take 5-8 s here, about 19 s under
+    # coverage (which writes a data file per child), hence the longer bound there.
+    *[pytest.param(*param.values, 50, id=param.id, marks=[
+        *param.marks, *([pytest.mark.timeout(90)] if param.values[0] is FORKING else [])])
+      for param in modes()],
     pytest.param(PLAIN_ASYNC, None, id="plain-async-without-max_connections")])
 def test_500_clients_handshaking_at_once_are_served_within_max_connections(
         mode: Mode, limit: int | None) -> None:
@@ -781,17 +785,18 @@ def test_500_clients_handshaking_at_once_are_served_within_max_connections(
                 # Handshakes pending on the server's side: with the bound, it takes that many
                 # and stops accepting (the rest wait in the kernel's backlog); without it,
                 # the whole crowd at once.
-                pump(r, lambda: sample() == (limit or count) and listening(server, r) == (not limit))
+                held = limit or count
+                pump(r, lambda: sample() == held and listening(server, r) is (limit is None))
                 if mode.on_loop:
                     assert all(entry.stage is reactor.Stage.HANDSHAKING
                                for entry in r.requests.for_server(server))
                 for _ in range(20):
                     r.run_once(0.005)
-                    assert sample() == (limit or count)
+                    assert sample() == held
                 # The loop stays responsive: another server's TLS client is served meanwhile.
                 assert proc.wait_lines(r, 2)[1] == "probe\n"
                 proc.send("go")
-                pump(r, lambda: sample() < 0 or proc.proc.poll() is not None, turns=3000)
+                pump(r, lambda: sample() > held or proc.proc.poll() is not None, turns=20000)
                 [outcome] = proc.finish(r)[2:]
             pump(r, lambda: not r.requests, turns=3000)
         finally:
@@ -801,12 +806,12 @@ def test_500_clients_handshaking_at_once_are_served_within_max_connections(
     growth = rss_peak - rss_before
     print(f"{mode.name}: {outcome}, peak {peak}, RSS +{growth >> 10} KiB")
     assert outcome["served"] == count and outcome["failed"] == {}, outcome
-    assert peak == (limit or count) and lines == [], lines
+    assert peak == held and lines == [], lines
     if limit is not None:  # measured: +2 MiB on the loop (+19 MiB without the bound)
         assert growth < 12 * 1024 * 1024, growth
 
 
-# ------------------------------------------------------------------------------ silent after it
+# ---------------------------------------------------------------------- silent after it
 QUIET = """
     quiet = tls_connect()  # a complete handshake, then not a byte
     report(quiet.getsockname())
