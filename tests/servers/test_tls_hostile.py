@@ -326,6 +326,8 @@ GARBAGE = {
     "random-bytes": random.Random(9).randbytes(20000),  # more than the largest record
     # a record header announcing a handshake message, then noise of the announced length
     "garbage-record": b"\x16\x03\x01\x01\x00" + random.Random(3).randbytes(256),
+    # a ClientHello announcing 16 MiB: refused at its header, never buffered
+    "endless-hello": b"\x16\x03\x01\x40\x00\x01\xff\xff\xff" + bytes(0x4000 - 4),
 }
 
 NOT_TLS = """
