@@ -14,7 +14,7 @@ Every transport has the same surface: `recv(size)` gives bytes (b"" at end-of-fi
 returns how many bytes left (raising `BlockingIOError` when none could); `blocking` says
 whether calls wait; `tls` is the connection's `ssl.SSLSocket`, or None. What the TLS peer did
 wrong reaches the reader and writer as the `ConnectionError` a plain socket would raise (see
-`tls_peer_failure`), so that it ends an async request the same way, with one log line.
+`_tls_peer_failure`), so that it ends an async request the same way, with one log line.
 
 Why a non-blocking `SSLSocket` rather than an `SSLObject` over memory BIOs: OpenSSL then reads
 and writes the descriptor itself, so a record costs no extra copy through Python bytes, and
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import ssl
 
 __all__ = ["Transport", "SocketTransport", "TLSTransport", "BlockingTransport",
-           "choose_transport", "tls_of", "tls_peer_failure", "NO_SIGNAL"]
+           "choose_transport", "tls_of", "NO_SIGNAL"]
 
 # A send to a peer that has gone raises BrokenPipeError instead of raising SIGPIPE, even in a
 # program that restored SIGPIPE's default action (which would kill the process). Plain sockets
@@ -105,7 +105,7 @@ def _load_ssl_errors() -> None:
         _SSL_EOF = (ssl.SSLEOFError,)
 
 
-def tls_peer_failure(exc: BaseException, sending: bool) -> ConnectionError:
+def _tls_peer_failure(exc: BaseException, sending: bool) -> ConnectionError:
     """The `ConnectionError` a plain socket would raise for what the TLS peer did: OpenSSL
     reports a peer that reset or closed without close_notify as `SSLEOFError` ("EOF occurred
     in violation of protocol") on a write, and records that do not decrypt as `SSLError`."""
@@ -147,7 +147,7 @@ class TLSTransport(Transport):
         except _WANT_IO:
             raise BlockingIOError("TLS record incomplete") from None
         except _SSL_ERROR as exc:
-            raise tls_peer_failure(exc, sending=False) from exc
+            raise _tls_peer_failure(exc, sending=False) from exc
         # One SSL_read gives at most one record (16 KiB): take what OpenSSL already holds
         # decrypted, which no readiness event would announce.
         if data and sock.pending():
@@ -168,7 +168,7 @@ class TLSTransport(Transport):
         except _WANT_IO:
             raise BlockingIOError("TLS layer cannot write now") from None
         except _SSL_EOF as exc:
-            raise tls_peer_failure(exc, sending=True) from exc
+            raise _tls_peer_failure(exc, sending=True) from exc
         return sent
 
 
@@ -209,14 +209,14 @@ class BlockingTransport(Transport):
         try:
             data: bytes = self.sock.recv(size)
         except _SSL_ERROR as exc:  # matches nothing until a TLS socket was seen
-            raise tls_peer_failure(exc, sending=False) from exc
+            raise _tls_peer_failure(exc, sending=False) from exc
         return data
 
     def send(self, data: Any) -> int:
         try:
             self.sock.sendall(data, self._flags)
         except _SSL_EOF as exc:
-            raise tls_peer_failure(exc, sending=True) from exc
+            raise _tls_peer_failure(exc, sending=True) from exc
         return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
