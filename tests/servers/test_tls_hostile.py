@@ -622,16 +622,8 @@ CANCELLED = """
     report(recv_line(survivor).decode())
 """
 
-READ_AHEAD_TIMER_LEFT_ARMED = (
-    "servers/tcp.py: a read-ahead entry cancelled by the drain keeps its read_ahead_timeout "
-    "timer, whose _read_ahead_expired() later logs and abandons the entry a second time "
-    "(AttributeError once the server left a shared reactor; forget() of a reused descriptor)")
 
-
-@pytest.mark.parametrize("stage", [
-    "handshake",
-    pytest.param("read-ahead", marks=pytest.mark.xfail(
-        strict=True, raises=AttributeError, reason=READ_AHEAD_TIMER_LEFT_ARMED))])
+@pytest.mark.parametrize("stage", ["handshake", "read-ahead"])
 def test_a_silent_client_cancelled_at_shutdown_leaves_nothing_armed(stage: str) -> None:
     """The drain cancels a stage (the handshake; read-ahead after it) that outlives
     `shutdown_timeout`; the stage's own deadline, passing later, must then touch nothing: not
