@@ -276,7 +276,7 @@ class AsyncWriter:
     _transport: Transport
 
     __slots__ = ("_transport", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
-                 "_flusher", "_error", "_stats", "_corked", "_reader", "high_water",
+                 "_flusher", "_error", "_stats", "_corked", "_reader", "_stalled", "high_water",
                  "max_write_buffer", "closed")
 
     def __init__(self, transport: Any, *, reactor: Any = None, timeout: float | None = None,
@@ -300,6 +300,7 @@ class AsyncWriter:
         self._stats = stats
         self._corked: list[bytes] | None = None  # replies to pipelined requests, not yet sent
         self._reader = reader
+        self._stalled = False  # a write wait timed out and the peer has taken nothing since
         self.high_water = high_water
         self.max_write_buffer = max_write_buffer
         self.closed = False
@@ -418,12 +419,19 @@ class AsyncWriter:
 
     async def wait_flushed(self) -> None:
         """Wait until every queued byte has been handed to the kernel (errors are kept, not
-        raised: the peer may legitimately have gone)."""
+        raised: the peer may legitimately have gone). A peer that already let a wait time out
+        and has taken nothing since is not waited for again (the connection then ends at the
+        write timeout, not at twice it): what the kernel takes now is sent, the rest dropped."""
+        if self._stalled:
+            self._uncork()
+            self._send_some()  # any byte taken clears _stalled: then wait as usual
         try:
-            await self._send_queue(0)
+            if not self._stalled:
+                await self._send_queue(0)
         except (OSError, TimeoutError):
-            self._queue = None
-            self._queued = 0
+            pass
+        self._queue = None
+        self._queued = 0
         self._stop_flusher()
         # The request is over: drop the kept error. Its traceback holds the handler's frames,
         # which hold this writer: a reference cycle that would keep every failed request's
@@ -435,7 +443,11 @@ class AsyncWriter:
         self._stop_flusher()
         try:
             while self._queued > target and self._error is None:
-                await reactor.wait(self._trap)
+                try:
+                    await reactor.wait(self._trap)
+                except TimeoutError:
+                    self._stalled = True
+                    raise
                 self._send_some()
         finally:
             if self._queue and self._error is None and not self._reactor.closed:
@@ -476,8 +488,10 @@ class AsyncWriter:
         self._stop_flusher()
 
     def _count(self, sent: int) -> None:
-        if self._stats is not None and sent:
-            self._stats.count_out(sent)
+        if sent:
+            self._stalled = False
+            if self._stats is not None:
+                self._stats.count_out(sent)
 
 
 _WaitWritable = reactor.WaitWritable

@@ -12,7 +12,9 @@ and picks the transport then (`choose_transport()` picks for callers that do not
 Every transport has the same surface: `recv(size)` gives bytes (b"" at end-of-file) or raises
 `BlockingIOError` when nothing can be read now (non-blocking transports only); `send(data)`
 returns how many bytes left (raising `BlockingIOError` when none could); `blocking` says
-whether calls wait; `tls` is the connection's `ssl.SSLSocket`, or None.
+whether calls wait; `tls` is the connection's `ssl.SSLSocket`, or None. What the TLS peer did
+wrong reaches the reader and writer as the `ConnectionError` a plain socket would raise (see
+`_tls_peer_failure`), so that it ends an async request the same way, with one log line.
 
 Why a non-blocking `SSLSocket` rather than an `SSLObject` over memory BIOs: OpenSSL then reads
 and writes the descriptor itself, so a record costs no extra copy through Python bytes, and
@@ -22,6 +24,7 @@ the loop's readiness events could not see it (Tornado's `SSLIOStream` takes the 
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 from typing import TYPE_CHECKING, Any, cast
@@ -86,9 +89,35 @@ class SocketTransport(Transport):
         return sent
 
 
-# ssl.SSLWantReadError / SSLWantWriteError, filled in when the first TLS transport is made (so
-# that importing this module does not import `ssl`).
+# ssl.SSLWantReadError / SSLWantWriteError, ssl.SSLError and ssl.SSLEOFError, filled in when
+# the first TLS transport is made (so that importing this module does not import `ssl`).
 _WANT_IO: tuple[type[BaseException], ...] = ()
+_SSL_ERROR: tuple[type[BaseException], ...] = ()
+_SSL_EOF: tuple[type[BaseException], ...] = ()
+
+
+def _load_ssl_errors() -> None:
+    global _WANT_IO, _SSL_ERROR, _SSL_EOF
+    if not _WANT_IO:
+        import ssl
+        _WANT_IO = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        _SSL_ERROR = (ssl.SSLError,)
+        _SSL_EOF = (ssl.SSLEOFError,)
+
+
+def _tls_peer_failure(exc: BaseException, sending: bool) -> ConnectionError:
+    """The `ConnectionError` a plain socket would raise for what the TLS peer did: OpenSSL
+    reports a peer that reset or closed without close_notify as `SSLEOFError` ("EOF occurred
+    in violation of protocol") on a write, and records that do not decrypt as `SSLError`."""
+    if isinstance(exc, _SSL_EOF):
+        if sending:
+            return BrokenPipeError(errno.EPIPE, "the TLS peer has gone (it reset the "
+                                   "connection or closed it without close_notify)")
+        return ConnectionResetError(errno.ECONNRESET, "the TLS peer closed the connection "
+                                    "without close_notify")
+    reason = getattr(exc, "reason", None) or exc
+    return ConnectionAbortedError(errno.ECONNABORTED, f"TLS error in what the peer sent: "
+                                  f"{reason}")
 
 
 class TLSTransport(Transport):
@@ -103,10 +132,7 @@ class TLSTransport(Transport):
     __slots__ = ()
 
     def __init__(self, sock: Any) -> None:
-        global _WANT_IO
-        if not _WANT_IO:
-            import ssl
-            _WANT_IO = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        _load_ssl_errors()
         super().__init__(sock)
 
     @property
@@ -120,6 +146,8 @@ class TLSTransport(Transport):
             data: bytes = sock.recv(size)
         except _WANT_IO:
             raise BlockingIOError("TLS record incomplete") from None
+        except _SSL_ERROR as exc:
+            raise _tls_peer_failure(exc, sending=False) from exc
         # One SSL_read gives at most one record (16 KiB): take what OpenSSL already holds
         # decrypted, which no readiness event would announce.
         if data and sock.pending():
@@ -139,6 +167,8 @@ class TLSTransport(Transport):
             sent: int = self.sock.send(data)
         except _WANT_IO:
             raise BlockingIOError("TLS layer cannot write now") from None
+        except _SSL_EOF as exc:
+            raise _tls_peer_failure(exc, sending=True) from exc
         return sent
 
 
@@ -154,7 +184,10 @@ class BlockingTransport(Transport):
 
     def __init__(self, sock: Any) -> None:
         super().__init__(sock)
-        self._flags = 0 if tls_of(sock) is not None else NO_SIGNAL
+        self._flags = NO_SIGNAL
+        if tls_of(sock) is not None:
+            self._flags = 0
+            _load_ssl_errors()
         self._timeout: float | None = sock.gettimeout()
 
     @property
@@ -173,11 +206,17 @@ class BlockingTransport(Transport):
             self._timeout = timeout
 
     def recv(self, size: int) -> bytes:
-        data: bytes = self.sock.recv(size)
+        try:
+            data: bytes = self.sock.recv(size)
+        except _SSL_ERROR as exc:  # matches nothing until a TLS socket was seen
+            raise _tls_peer_failure(exc, sending=False) from exc
         return data
 
     def send(self, data: Any) -> int:
-        self.sock.sendall(data, self._flags)
+        try:
+            self.sock.sendall(data, self._flags)
+        except _SSL_EOF as exc:
+            raise _tls_peer_failure(exc, sending=True) from exc
         return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 

@@ -19,6 +19,8 @@ import socket
 import ssl
 from typing import Any, Callable
 
+from reactor import Stage
+
 __all__ = ["wrap_accepted", "handshake_pending", "complete_handshake", "ReactorHandshake",
            "send_close_notify", "log_handshake_failure"]
 
@@ -121,6 +123,10 @@ class ReactorHandshake:
 
     def _expired(self) -> None:
         self.timer = None
+        if self.entry.stage is not Stage.HANDSHAKING:
+            # The request was ended meanwhile (cancelled by a drain at shutdown): its socket
+            # is closed, and its descriptor number may belong to another connection now.
+            return
         self._end()
         log_handshake_failure(self.server_name, self.entry.client_address,
                               TimeoutError("the handshake did not complete"), self.timeout)

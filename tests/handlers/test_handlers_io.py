@@ -563,6 +563,57 @@ def test_wait_flushed_gives_up_quietly_on_a_peer_that_reads_nothing(fake_loop: R
     assert wfile.buffered == 0
 
 
+def test_wait_flushed_after_a_timed_out_drain_does_not_wait_again(fake_loop: Reactor,
+                                                                   clock: FakeClock,
+                                                                   pair) -> None:
+    """The peer already read nothing for the write timeout: the final flush gives up at
+    once, so that the connection ends at its bound, not at twice it."""
+    ours, _ = pair
+    wfile = AsyncWriter(ours, reactor=fake_loop, timeout=5, high_water=1000)
+    events: list[str] = []
+
+    async def writer() -> None:
+        wfile.write(b"s" * 100_000)
+        try:
+            await wfile.drain()
+        except TimeoutError:
+            events.append("timeout")
+        await wfile.wait_flushed()
+
+    task = spawn(fake_loop, writer())
+    run_until_idle(fake_loop)
+    clock.advance(5)
+    run_until_idle(fake_loop)
+    assert events == ["timeout"]
+    assert task.done and task.error is None
+    assert wfile.buffered == 0
+
+
+def test_wait_flushed_waits_again_for_a_peer_that_resumed_reading(fake_loop: Reactor,
+                                                                  clock: FakeClock,
+                                                                  pair) -> None:
+    ours, peer = pair
+    wfile = AsyncWriter(ours, reactor=fake_loop, timeout=5, high_water=1000)
+    payload = bytes(range(256)) * 400
+
+    async def writer() -> None:
+        wfile.write(payload)
+        with pytest.raises(TimeoutError):
+            await wfile.drain()
+        await reactor.sleep(1)  # meanwhile the peer reads again
+        await wfile.wait_flushed()
+
+    task = spawn(fake_loop, writer())
+    run_until_idle(fake_loop)
+    clock.advance(5)
+    run_until_idle(fake_loop)
+    got = drain_peer(peer)
+    run_until_idle(fake_loop)  # the queue moves again: the writer is no longer stalled
+    clock.advance(1)
+    got += pump(fake_loop, peer, lambda: task.done)
+    assert got == payload and task.error is None
+
+
 def test_writing_to_a_closed_peer_raises_connection_error(fake_loop: Reactor, pair) -> None:
     ours, peer = pair
     wfile = AsyncWriter(ours, reactor=fake_loop)

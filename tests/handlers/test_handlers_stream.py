@@ -611,7 +611,6 @@ def test_write_timeout_drops_a_client_that_reads_nothing(fake_loop: Reactor, clo
     clock.advance(0.1)
     run_until_idle(fake_loop)
     assert seen == ["timeout"]
-    clock.advance(5)  # the final flush gives up after write_timeout too
-    run_until_idle(fake_loop)
+    # the final flush does not wait a second write_timeout for a client that reads nothing
     assert task.done and task.error is None
     fake_loop.forget(server_side.fileno())
