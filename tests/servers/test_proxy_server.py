@@ -738,14 +738,7 @@ def test_a_server_refused_by_one_reactor_can_then_be_registered_on_another() -> 
 
 
 # ------------------------------------------------------------------ shutdown
-HANDSHAKE_TIMER_OUTLIVES_THE_DRAIN = pytest.mark.xfail(strict=True, reason=(
-    "servers/tls.py: ReactorHandshake's timer is not cancelled when a drain abandons its "
-    "entry; when it fires it logs again, forgets a descriptor number that may be reused, and "
-    "calls _abandon() on a server that left the reactor (AttributeError out of the loop)"))
-
-
-@pytest.mark.parametrize("stage", ["proxy-header", "reading-ahead", pytest.param(
-    "handshaking", marks=HANDSHAKE_TIMER_OUTLIVES_THE_DRAIN)])
+@pytest.mark.parametrize("stage", ["proxy-header", "reading-ahead", "handshaking"])
 def test_a_connection_still_in_a_stage_when_a_drain_times_out_is_closed_once(
         stage: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
         caplog: pytest.LogCaptureFixture) -> None:
