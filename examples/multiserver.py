@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Sequence, cast
+from typing import Sequence, Sized, cast
 
 import reactor
 import servers
@@ -183,7 +183,7 @@ class StatusPage(servers.StreamRequestHandler):
         if target != "/":
             return 404, "text/plain", b"not found; try / or /status.txt\n"
         body = (f"<!doctype html>\n<title>multiserver status</title>\n"
-                f"<h1>multiserver: {len(self.reactor.requests)} requests in flight</h1>\n"
+                f"<h1>multiserver: {in_flight(self.reactor.requests)}</h1>\n"
                 f"<pre>{html.escape(counters)}</pre>\n<h2>Request table</h2>\n"
                 f"<pre>{html.escape(table)}</pre>\n")
         return 200, "text/html; charset=utf-8", body.encode()
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def stop(signum: int) -> None:
             print(f"stopping ({signal.Signals(signum).name}): draining "
-                  f"{len(loop.requests)} requests in flight", flush=True)
+                  f"{in_flight(loop.requests)}", flush=True)
             loop.shutdown()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -246,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop.serve_forever()
     print("stopped", flush=True)  # ExitStack closed the servers: the socket file is gone
     return 0
+
+
+def in_flight(requests: Sized) -> str:
+    """`1 request in flight`, `2 requests in flight`."""
+    count = len(requests)
+    return f"{count} request{'' if count == 1 else 's'} in flight"
 
 
 def describe(server: Service) -> str:

@@ -392,8 +392,9 @@ class BaseServer:
         self._drain_timer = None
         stuck = [e for e in self._in_flight if e.stage is not Stage.OFFLOADED]
         if stuck:
-            logger.warning("%s: shutdown_timeout=%ss passed with %d requests in flight; "
-                           "cancelling them", self._name(), self.shutdown_timeout, len(stuck))
+            logger.warning("%s: shutdown_timeout=%ss passed with %d %s in flight; "
+                           "cancelling %s", self._name(), self.shutdown_timeout, len(stuck),
+                           *(("request", "it") if len(stuck) == 1 else ("requests", "them")))
         for entry in stuck:
             if entry.task is not None:
                 self._reactor.cancel(entry.task)

@@ -157,6 +157,24 @@ def test_four_services_one_thread_and_a_graceful_stop(example) -> None:
 
 
 @pytest.mark.slow
+def test_one_request_in_flight_is_counted_in_the_singular(example) -> None:
+    run, urls, _ = example
+    with socket.create_connection(host_port(urls["status page"]), timeout=10) as page:
+        page.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        while chunk := page.recv(65536):  # the server closes: its table row is gone too
+            body += chunk
+    assert b"<h1>multiserver: 1 request in flight</h1>" in body  # this request itself
+    with socket.create_connection(host_port(urls["line service"]), timeout=10) as held:
+        held.sendall(b"hello\n")
+        assert read_until(held, b"\n") == b"HELLO\n"
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.line() == "stopping (SIGTERM): draining 1 request in flight"
+    assert run.line() == "stopped"
+    assert run.proc.wait(timeout=10) == 0
+
+
+@pytest.mark.slow
 def test_the_admin_shutdown_command_stops_everything(example) -> None:
     run, urls, admin = example
     with socket.socket(socket.AF_UNIX) as console:
