@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -172,6 +173,32 @@ def test_one_request_in_flight_is_counted_in_the_singular(example) -> None:
         assert run.line() == "stopping (SIGTERM): draining 1 request in flight"
     assert run.line() == "stopped"
     assert run.proc.wait(timeout=10) == 0
+
+
+def readme_clients() -> list[str]:
+    """The README's `python -c` clients (shown for machines without nc)."""
+    readme = (REPO / "README.md").read_text()
+    return [shlex.split(line)[2] for line in readme.splitlines()
+            if line.startswith("python -c ")]
+
+
+@pytest.mark.slow
+def test_the_readme_python_clients_talk_to_the_example(example) -> None:
+    run, urls, admin = example
+    tcp, admin_client, status = readme_clients()
+    line_port = host_port(urls["line service"])[1]
+    http_port = host_port(urls["status page"])[1]
+    programs = [
+        (tcp.replace("8007", str(line_port)), "hello\nworld\n", "HELLO\nWORLD\n"),
+        (admin_client.replace('f"/tmp/multiserver-{os.getuid()}.sock"', repr(str(admin))),
+         "stats\n", "uptime "),
+        (status.replace("8080", str(http_port)), "", "lines: 2"),
+    ]
+    for program, typed, expected in programs:
+        result = subprocess.run([sys.executable, "-c", program], input=typed, text=True,
+                                capture_output=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout, (program, result.stdout)
 
 
 @pytest.mark.slow
