@@ -215,7 +215,10 @@ class BaseServer:
         own, self._own_reactor = self._own_reactor, None
         done = True
         if own is not None:
-            own.close()  # unregisters this server; done by the loop's thread if it runs
+            # Unregisters this server, on the loop's thread if it runs. If that loop is busy
+            # past the wait, the listener is closed all the same: no placeholder is needed,
+            # as nothing else registers on a private reactor before it closes itself.
+            own.close()
             done = own.closed
         if reactor is not None and reactor is not own and not reactor.closed:
             done = reactor.call_and_wait(reactor.unregister, self)
