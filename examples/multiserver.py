@@ -29,7 +29,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Sequence, cast
+from typing import Sequence, Sized, cast
 
 import reactor
 import servers
@@ -192,8 +192,7 @@ class StatusPage(servers.StreamRequestHandler):
         if target != "/":
             return 404, "text/plain", b"not found; try / or /status.txt\n"
         body = (f"<!doctype html>\n<title>multiserver status</title>\n"
-                f"<h1>multiserver (pid {os.getpid()}): {len(self.reactor.requests)} "
-                "requests in flight</h1>\n"
+                f"<h1>multiserver (pid {os.getpid()}): {in_flight(self.reactor.requests)}</h1>\n"
                 f"<pre>{html.escape(counters)}</pre>\n<h2>Request table</h2>\n"
                 f"<pre>{html.escape(table)}</pre>\n")
         return 200, "text/html; charset=utf-8", body.encode()
@@ -261,7 +260,7 @@ def serve_in_this_process(made: list[Service]) -> None:
 
         def stop(signum: int) -> None:
             print(f"stopping ({signal.Signals(signum).name}): draining "
-                  f"{len(loop.requests)} requests in flight", flush=True)
+                  f"{in_flight(loop.requests)}", flush=True)
             loop.shutdown()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -275,6 +274,12 @@ def serve_with_workers(made: list[Service], workers: int) -> None:
     print(f"{workers} worker processes (pid {os.getpid()} supervises): Ctrl-C (or SIGTERM) "
           "to stop, SIGHUP to replace the workers", flush=True)
     servers.Supervisor(made, workers).serve_forever()  # handles the signals itself
+
+
+def in_flight(requests: Sized) -> str:
+    """`1 request in flight`, `2 requests in flight`."""
+    count = len(requests)
+    return f"{count} request{'' if count == 1 else 's'} in flight"
 
 
 def describe(server: Service) -> str:

@@ -100,6 +100,8 @@ class Reactor:
         self._stopped = threading.Event()
         self._stopped.set()
         self._closed = False
+        self._lifecycle = threading.RLock()  # see close(): who releases, and when
+        self._close_state: str | None = None  # None, "requested" (loop runs) or "releasing"
 
     # ----------------------------------------------------------------- public surface
     @property
@@ -334,20 +336,21 @@ class Reactor:
 
     def run_until(self, finished: Callable[[], bool], poll_interval: float | None = 0.5) -> None:
         """Run turns until `finished()` is true, calling each server's `service_actions()`
-        once per turn. Waits at most `poll_interval` seconds per turn (None: no limit)."""
-        self._check_open()
-        if self._loop_thread is not None:
-            raise ReactorError("this reactor is already running; one loop runs it at a time")
-        self._loop_thread = threading.get_ident()
-        self._stopped.clear()
+        once per turn. Waits at most `poll_interval` seconds per turn (None: no limit).
+        Returns early, with the reactor closed, when `close()` was called meanwhile."""
+        with self._lifecycle:
+            self._check_open()
+            if self._loop_thread is not None:
+                raise ReactorError("this reactor is already running; one loop runs it at a time")
+            self._loop_thread = threading.get_ident()
+            self._stopped.clear()
         try:
-            while not finished():
+            while self._close_state is None and not finished():
                 self.run_once(poll_interval)
                 if self._service_actions:
                     self._run_service_actions()
         finally:
-            self._loop_thread = None
-            self._stopped.set()
+            self._stop_running()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve every registered server until `shutdown()` has drained them all.
@@ -375,14 +378,80 @@ class Reactor:
         if self._loop_thread is not None and not self.is_serving_thread():
             self._stopped.wait()
 
+    #: Seconds `close()` and `call_and_wait()`, called from another thread while the loop runs,
+    #: wait for the loop to act. A loop busy for longer (a classic handler running inline)
+    #: acts as soon as its current turn ends; meanwhile they return.
+    handover_timeout: float = 1.0
+
     def close(self) -> None:
-        """Release the loop's descriptors and signal handlers. Tasks still alive are closed
-        (their `finally` blocks run). Closing twice is harmless."""
-        if self._closed:
-            return
-        if self._loop_thread is not None and not self.is_serving_thread():
-            raise ReactorError("close() was called while the loop runs in another thread; "
-                               "call shutdown() first")
+        """Release the loop's descriptors and signal handlers, after unregistering every server
+        still registered. Tasks still alive are closed (their `finally` blocks run). Closing
+        twice is harmless. Any thread (or a signal handler) may call it, at any time.
+
+        While the loop runs, the loop's own thread does the work, so that nothing is closed
+        under a `select()` in progress: the loop returns after its current turn and releases
+        everything. Called on the loop's thread (a handler, a callback), close() returns at
+        once; from another thread it waits at most `handover_timeout` seconds for the loop to
+        finish (`closed` tells whether it has).
+        """
+        with self._lifecycle:
+            if self._closed or self._close_state == "releasing":
+                return
+            running = self._loop_thread is not None
+            self._close_state = "requested" if running else "releasing"
+        if not running:
+            self._release_resources()
+        elif not self.is_serving_thread():
+            self._waker.wake()  # out of select(): the loop sees the request at once
+            self._stopped.wait(self.handover_timeout)
+
+    def call_and_wait(self, callback: Callable[..., Any], *args: Any) -> bool:
+        """Run `callback(*args)` on the loop's thread and wait until it has run.
+
+        It runs at once when called on the loop's thread or while no loop runs; otherwise it
+        is handed to the loop (as with `call_soon_threadsafe`) and this waits at most
+        `handover_timeout` seconds. Returns True once it has run, False when the loop has not
+        got to it in time: it then runs when the loop's current turn ends. An exception it
+        raises propagates on the thread that ran it.
+        """
+        if self._loop_thread is None or self.is_serving_thread():
+            callback(*args)
+            return True
+        claim = threading.Lock()  # whoever takes it runs the callback: the loop, or we
+        done = threading.Event()
+
+        def run_on_loop() -> None:
+            if claim.acquire(blocking=False):
+                try:
+                    callback(*args)
+                finally:
+                    done.set()
+
+        handle = self.call_soon_threadsafe(run_on_loop)
+        if done.wait(self.handover_timeout):
+            return True
+        if self._loop_thread is None and claim.acquire(blocking=False):
+            handle.cancel()  # the loop stopped (or was closed) before getting to it
+            callback(*args)
+            return True
+        return False
+
+    def _stop_running(self) -> None:
+        """The loop's last act: release everything if `close()` was called meanwhile."""
+        with self._lifecycle:
+            self._loop_thread = None
+            release = self._close_state == "requested"
+            if release:
+                self._close_state = "releasing"
+        try:
+            if release:
+                self._release_resources()
+        finally:
+            self._stopped.set()
+
+    def _release_resources(self) -> None:
+        for server in list(self._listeners):
+            self.unregister(server)
         for signum in list(self._signals):
             self.remove_signal_handler(signum)
         for task in list(self._tasks):

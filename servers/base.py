@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
 import threading
@@ -38,6 +39,13 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 
 _FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
 _ServerT = TypeVar("_ServerT", bound="BaseServer")
+
+
+def _release_descriptor_number(reactor: Any, holder: socket.socket) -> None:
+    """On the loop: forget the number a closed listener had, then let it be reused."""
+    if not reactor.closed:
+        reactor.forget(holder.fileno())
+    holder.close()
 
 
 def _async_request_done(task: Any) -> None:
@@ -234,14 +242,45 @@ class BaseServer:
         print("-" * 40, file=sys.stderr)
 
     def server_close(self) -> None:
-        """Stop serving and release the server's reactor resources."""
+        """Stop serving and release the server's reactor resources; same contract as
+        `socketserver.BaseServer.server_close`.
+
+        Any thread may call it at any time, also while `serve_forever()` runs in another
+        thread: the reactor's part of the work is then handed to the loop's thread (nothing is
+        closed under a `select()` in progress), and `serve_forever()` returns (a shared reactor
+        goes on serving its other servers). It waits at most the reactor's
+        `handover_timeout` for that; a loop busy for longer (a classic handler running
+        inline) finishes its current turn first, but the listening socket is closed at once
+        all the same.
+        """
         reactor = self._reactor
-        if reactor is not None and not reactor.closed:
-            reactor.unregister(self)
-        self._reactor = None
         own, self._own_reactor = self._own_reactor, None
+        done = True
         if own is not None:
+            # Unregisters this server, on the loop's thread if it runs. If that loop is busy
+            # past the wait, the listener is closed all the same: no placeholder is needed,
+            # as nothing else registers on a private reactor before it closes itself.
             own.close()
+            done = own.closed
+        if reactor is not None and reactor is not own and not reactor.closed:
+            done = reactor.call_and_wait(reactor.unregister, self)
+            if not done:
+                self._hold_descriptor_number(reactor)
+        if done:  # else the loop's unregister() clears it (detach() needs it till then)
+            self._reactor = None
+
+    def _hold_descriptor_number(self, reactor: Any) -> None:
+        """A shared loop, busy in a long turn, has not yet taken this server off: close the
+        listening socket now, but keep its descriptor number taken (by a placeholder) until
+        the loop has forgotten it. A new descriptor with the same number (a connection another
+        server accepts meanwhile) would otherwise inherit the loop's stale registration."""
+        sock = getattr(self, "socket", None)
+        if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as placeholder:
+            os.dup2(placeholder.fileno(), sock.fileno(), inheritable=False)  # closes the listener
+        holder = socket.socket(fileno=sock.detach())  # the caller's socket.close() is now a no-op
+        reactor.call_soon_threadsafe(_release_descriptor_number, reactor, holder)
 
     def __enter__(self) -> Any:
         return self
@@ -400,8 +439,9 @@ class BaseServer:
         self._drain_timer = None
         stuck = [e for e in self._in_flight if e.stage is not Stage.OFFLOADED]
         if stuck:
-            logger.warning("%s: shutdown_timeout=%ss passed with %d requests in flight; "
-                           "cancelling them", self._name(), self.shutdown_timeout, len(stuck))
+            logger.warning("%s: shutdown_timeout=%ss passed with %d %s in flight; "
+                           "cancelling %s", self._name(), self.shutdown_timeout, len(stuck),
+                           *(("request", "it") if len(stuck) == 1 else ("requests", "them")))
         for entry in stuck:
             if entry.task is not None:
                 self._reactor.cancel(entry.task)

@@ -8,14 +8,20 @@ SIGINT/SIGTERM stop it gracefully (see `Run.stop`). See docs/cli.md for the whol
 
 Why stopping is done in two phases: the reactor's `shutdown()` drains the requests that run on
 the loop, but requests handed to threads and children are not the loop's to wait for. After
-the loop returns we therefore wait for them too, up to the same deadline, by closing the
-servers (`server_close()` joins threads and reaps children, as the standard library does); a
-SIGALRM armed for the deadline cuts off what is left: thread requests get their socket shut
-down (their blocked reads see EOF), children get SIGTERM. Children ignore SIGINT, so that a
+the loop returns we therefore keep turning it until they have ended too (threads and children
+report their end through the loop), up to the same deadline. A SIGALRM armed for the deadline
+cuts off what is left, from the signal handler, because a classic handler running inline
+(`--mode sync`) keeps the loop from turning: requests in threads and inline get their socket
+shut down (their blocked reads see EOF), children get SIGTERM. Request threads are daemon
+threads, so one that does not end then cannot hold the exit. Children ignore SIGINT, so that a
 Ctrl-C sent to the whole terminal process group lets them finish, as the parent does.
 
-Exit status: 0 after a graceful stop, 1 when an address cannot be bound, 2 for bad arguments
-(argparse's convention), 128 + signal number when a second signal cut the drain short.
+The module is long (about 750 lines) but reads top to bottom in the order a command is
+handled: addresses, handlers, server classes, arguments, the plan, running and stopping.
+
+Exit status: 0 after a graceful stop, 1 when an address cannot be bound (also with `--check`),
+2 for bad arguments (argparse's convention), 128 + signal number when a second signal cut the
+drain short.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from reactor import Stage
 
 from . import builtin, cli_workers, proxy, systemd
 from .base import BaseServer
+from .unix import StaleSocketFile
 
 __all__ = ["main", "build_parser", "parse_bind", "take_inherited_binds", "load_handler",
            "handler_for", "is_async", "server_class_for", "make_plans", "Bind", "Plan", "Run", "StopNow", "MODES",
@@ -51,7 +58,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: Options that become class attributes of this run's server classes (same names).
 SERVER_OPTIONS = ("max_connections", "max_threads", "max_children", "shutdown_timeout",
-                  "read_ahead")
+                  "read_ahead", "remove_stale_socket")
 
 EPILOG = """\
 addresses (--bind, repeatable):
@@ -344,6 +351,18 @@ class _ChildSignals:
         super().finish_request(request, client_address)  # type: ignore[misc]
 
 
+class _CutOffQuietly:
+    """A request that the drain deadline cut off was logged once, when it was cut: the error
+    its handler meets afterwards (a broken pipe) is not reported again."""
+
+    cut_off_requests: Any = frozenset()  # Run sets its own set
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if request in self.cut_off_requests:
+            return
+        super().handle_error(request, client_address)  # type: ignore[misc]
+
+
 def server_class_for(mode: str, kind: str, settings: dict[str, Any]) -> type:
     """A subclass, made for this run, of the library's server class for `mode` and `kind`
     (e.g. threading + tcp -> `ThreadingTCPServer`), with `settings` as class attributes.
@@ -359,9 +378,16 @@ def server_class_for(mode: str, kind: str, settings: dict[str, Any]) -> type:
     attrs = dict(settings)
     if kind == "tcp":
         attrs.setdefault("allow_reuse_address", True)  # restart at once, as http.server does
-    bases: tuple[type, ...] = (base,)
+    if kind not in ("unix", "unixgram"):
+        attrs.pop("remove_stale_socket", None)
+    if mode == "threading":
+        # Run waits for request threads itself, up to the drain deadline; a thread that does
+        # not end when its socket is cut off must not hold the process (server_close() joins
+        # non-daemon threads without a bound).
+        attrs.setdefault("daemon_threads", True)
+    bases: tuple[type, ...] = (_CutOffQuietly, base)
     if mode == "forking":
-        bases = (_ChildSignals, base)
+        bases = (_ChildSignals, _CutOffQuietly, base)
     attrs["__module__"] = __name__
     return type(base.__name__, bases, attrs)
 
@@ -420,17 +446,30 @@ def _terminator(text: str) -> bytes:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the error first: the message, then the short usage and where to read
+    more (argparse prints the whole usage block before the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n{self.format_usage()}"
+                     f"run '{self.prog} --help' for the addresses, modes and options\n")
+
+
+USAGE = "%(prog)s MODULE:CLASS --bind URL [--bind URL ...] [--mode MODE] [options]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m servers`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m servers",
+    parser = _Parser(
+        prog="python -m servers", usage=USAGE,
         description="Serve a request handler class on one or more addresses, in one process.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("handler", metavar="MODULE:CLASS",
                         help="the handler class, e.g. servers.builtin:Echo or myhandlers:Shout "
                              "(modules in the current directory are found)")
     parser.add_argument("--bind", "-b", metavar="URL", action="append", default=[],
-                        help="an address to serve on (repeatable); see 'addresses' below")
+                        help="an address to serve on (required, repeatable); see 'addresses' "
+                             "below")
     parser.add_argument("--mode", choices=MODES,
                         help="how requests run (default: reactor for async handlers, threading "
                              "for classic ones); see 'modes' below")
@@ -471,12 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
     secure.add_argument("--proxy-trusted", metavar="CIDR", action="append",
                         help="a network allowed to send PROXY headers (repeatable; default "
                              "loopback only)")
-    parser.add_argument("--log-level", default="warning",
+    parser.add_argument("--remove-stale-socket", action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="unix: and unixgram: addresses: replace a socket file left by a "
+                             "crashed run (nothing listens on it) instead of refusing to start")
+    parser.add_argument("--log-level", default="warning", type=str.lower,
                         choices=("debug", "info", "warning", "error", "critical"),
                         help="log messages of at least this level to stderr (default warning)")
     parser.add_argument("--check", action="store_true",
-                        help="check the arguments and the handler, print what would be served, "
-                             "and exit without binding anything")
+                        help="check the arguments and the handler, bind every address and "
+                             "release it at once, print what would be served, and exit")
     cli_workers.add_options(parser)
     return parser
 
@@ -509,6 +552,7 @@ def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> li
         pairs = [(bind, handler_for(handler, bind)) for bind in binds]
     except ValueError as exc:
         error(str(exc))
+    _check_duplicates(binds, error)
     mode = args.mode or ("reactor" if is_async(handler) else "threading")
     _check_options(args, mode, pairs, error)
     stream_settings = _stream_settings(args, pairs, error)
@@ -525,6 +569,24 @@ def make_plans(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> li
         handler_settings = {"timeout": args.timeout} if "timeout" in vars(args) else {}
         plans.append(Plan(bind, server_class, _handler_subclass(cls, handler_settings), mode))
     return plans
+
+
+def _check_duplicates(binds: list[Bind], error: Callable[[str], NoReturn]) -> None:
+    """The same address twice would fail when the second server binds; say so up front."""
+    seen: dict[Any, str] = {}
+    for bind in binds:
+        if bind.kind in ("tcp", "udp"):
+            if bind.address[1] == 0:
+                continue  # each port 0 is a different free port
+            key: Any = (bind.kind, bind.address)
+        else:  # unix: and unixgram: would both create the same file
+            path = bind.address
+            key = ("unix", path if path.startswith("\0") else os.path.abspath(path))
+        if key in seen:
+            same = (f"{bind.url} is given twice" if seen[key] == bind.url
+                    else f"{seen[key]} and {bind.url} are the same address")
+            error(f"{same}; each address can be served once")
+        seen[key] = bind.url
 
 
 def _check_mode(mode: str, handler: type, error: Callable[[str], NoReturn]) -> None:
@@ -545,6 +607,9 @@ def _check_options(args: argparse.Namespace, mode: str, pairs: list[tuple[Bind, 
         error(f"--max-threads applies to --mode threading, not {mode}; use --max-connections")
     if "max_children" in given and mode != "forking":
         error(f"--max-children applies to --mode forking, not {mode}; use --max-connections")
+    if "remove_stale_socket" in given and not any(b.kind in ("unix", "unixgram")
+                                                   for b, _ in pairs):
+        error("--remove-stale-socket applies to unix: and unixgram: addresses; drop it")
     if "read_ahead" in given:
         classic_streams = [b for b, cls in pairs if not b.datagram and not is_async(cls)]
         if not classic_streams:
@@ -606,8 +671,15 @@ def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- running
-class StopNow(Exception):
-    """Raised on the loop by a second stop signal: stop without waiting for the drain."""
+#: Once the drain deadline has cut requests off (their sockets shut down, children sent
+#: SIGTERM), how long their threads and children get to end before the process exits anyway.
+CUT_OFF_GRACE = 0.5
+
+
+class StopNow(BaseException):
+    """Raised by a second stop signal (on the loop, between requests) or a third one
+    (wherever the main thread is): stop without waiting for the drain. Not an `Exception`, so
+    that a handler's `except Exception` cannot swallow it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"signal {signum}")
@@ -621,10 +693,10 @@ class Run:
         loop: the reactor every server is registered on.
         servers: the servers, already bound.
 
-    The first stop signal arrives through the reactor (`stop()`, between requests). From then
-    on our own handler takes every further signal, so that none can fall into a gap between
-    two handlers (where SIGTERM's default would kill the process): on the loop it makes the
-    loop return (`StopNow`); while closing it cuts off what is left.
+    Stop signals are handled in the signal handler itself (`stop()` for the first one), not
+    between requests: a classic handler running inline (`--mode sync`) can hold the loop
+    for as long as its client does, and the user must hear at once that the server is
+    draining, and be able to cut it short.
     """
 
     def __init__(self, loop: reactor.Reactor, servers: list[BaseServer],
@@ -635,65 +707,84 @@ class Run:
         self.deadline: float | None = None
         self.forced: int | None = None
         self.closing = False
+        self.cut: set[Any] = set()  # requests cut off: their errors are not reported again
+        self._cut_entries: set[int] = set()
+        for server in servers:
+            server.cut_off_requests = self.cut  # type: ignore[attr-defined]
 
     def serve(self) -> int:
         """Serve until a stop signal; then drain and close. Returns the exit status."""
+        previous_alarm = signal.signal(signal.SIGALRM, self._on_deadline)
         for signum in STOP_SIGNALS:
+            # The reactor's handler makes a signal wake the loop even just before select();
+            # ours then replaces its Python half, so that a signal acts at once.
             self.loop.add_signal_handler(signum, self.stop, signum)
+            signal.signal(signum, self._on_signal)
         try:
-            self.loop.serve_forever()
+            try:
+                self.loop.serve_forever()
+            except StopNow:
+                logger.warning("second signal: stopping without waiting for requests in flight")
+            self._wait_for_offloaded()
         except StopNow:
-            logger.warning("second signal: stopping without waiting for requests in flight")
+            pass  # yet another signal: stop waiting
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             try:
                 self.close()
-            except StopNow:  # yet another signal while closing: stop waiting
+            except StopNow:
                 pass
+            finally:
+                signal.signal(signal.SIGALRM, previous_alarm)
         return 0 if self.forced is None else 128 + self.forced
 
     def stop(self, signum: int) -> None:
-        """The first stop signal (a reactor signal callback): start a graceful shutdown."""
+        """The first stop signal: stop accepting, drain until the deadline, and say so on
+        stderr (whatever the log level)."""
         if self.notifier is not None:
             self.notifier.stopping()
-        for each in STOP_SIGNALS:
-            signal.signal(each, self._on_another_signal)
-        timeout = max((float(getattr(s, "shutdown_timeout", 0.0)) for s in self.servers),
-                      default=0.0)
+        timeout = self._timeout()
         self.deadline = self.loop.time() + timeout
-        logger.info("signal %d: no new connections; draining %d requests in flight (up to "
-                    "%g s; signal again to stop at once)", signum, len(self.loop.requests),
-                    timeout)
-        self.loop.shutdown()
+        in_flight = len(self.loop.requests)
+        name = signal.Signals(signum).name
+        if in_flight:
+            again = "Ctrl-C again" if signum == signal.SIGINT else "signal again (or Ctrl-C)"
+            _say(f"stopping ({name}): no new connections; draining "
+                 f"{_count_of(in_flight, 'request')} for up to {timeout:g} s; {again} to stop "
+                 "now")
+        else:
+            _say(f"stopping ({name}): no requests in flight")
+        if timeout > 0:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        else:
+            self._on_deadline(signal.SIGALRM, None)
+        self.loop.shutdown()  # on the loop's thread: returns at once, the loop drains
 
     def close(self) -> None:
-        """Close every server, waiting (until the drain deadline) for requests in threads
-        and children; what is left at the deadline, or at another signal, is cut off."""
+        """Close every server. Children still alive now (they ignored the deadline's SIGTERM)
+        are killed; request threads still running are daemon threads, left behind."""
         self.closing = True
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._on_another_signal)
-        previous_alarm = signal.signal(signal.SIGALRM, self._on_deadline)
-        try:
-            remaining = 0.0
-            if self.deadline is not None and self.forced is None:
-                remaining = max(0.0, self.deadline - self.loop.time())
-            if self._offloaded():
-                if remaining > 0:
-                    signal.setitimer(signal.ITIMER_REAL, remaining)
-                else:
-                    self._cut_off()
-            for server in self.servers:
-                server.server_close()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous_alarm)
+        for server in self.servers:
+            for pid in list(getattr(server, "active_children", None) or ()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # exited meanwhile; server_close() reaps it
+        for server in self.servers:
+            server.server_close()
 
-    def _on_another_signal(self, signum: int, frame: object) -> None:
-        if not self.closing:
-            self.forced = signum
-            self.loop.call_soon_threadsafe(self._stop_now, signum)  # raise between requests
+    def _timeout(self) -> float:
+        return max((float(getattr(s, "shutdown_timeout", 0.0)) for s in self.servers),
+                   default=0.0)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.deadline is None:
+            self.stop(signum)
         elif self.forced is None:
             self.forced = signum
-            self._cut_off()
+            self._cut_off("a second signal")
+            if not self.closing:
+                self.loop.call_soon_threadsafe(self._stop_now, signum)  # between requests
         else:
             raise StopNow(signum)
 
@@ -701,28 +792,71 @@ class Run:
         raise StopNow(signum)
 
     def _on_deadline(self, signum: int, frame: object) -> None:
-        self._cut_off()
+        self._cut_off(f"the drain deadline ({self._timeout():g} s) passed")
+
+    def _wait_for_offloaded(self) -> None:
+        """Once the loop's own requests are drained: turn the loop until the requests in
+        threads and children end too (their ends are reported through the loop), at most
+        until the deadline (when they are cut off) plus `CUT_OFF_GRACE`."""
+        if not self._offloaded():
+            return
+        if self.deadline is None:  # a handler called shutdown(): the same deadline applies
+            self.deadline = self.loop.time() + self._timeout()
+            signal.setitimer(signal.ITIMER_REAL, max(self._timeout(), 1e-6))
+        start = self.loop.time() if self.forced is not None else self.deadline
+        give_up = start + CUT_OFF_GRACE
+        wake = self.loop.call_at(give_up, lambda: None)
+        try:
+            self.loop.run_until(lambda: not self._offloaded() or self.loop.time() >= give_up,
+                                poll_interval=None)
+        finally:
+            wake.cancel()
 
     def _offloaded(self) -> list[Any]:
         return [entry for entry in self.loop.requests if entry.stage is Stage.OFFLOADED]
 
-    def _cut_off(self) -> None:
-        offloaded = self._offloaded()
-        if offloaded:
-            logger.warning("cutting off %d requests still running in threads or children",
-                           len(offloaded))
-        for entry in offloaded:
+    def _cut_off(self, reason: str) -> None:
+        """Shut down the socket of every request still running in a thread or inline (its
+        blocked reads see end-of-file, its writes fail), and send children SIGTERM: one log
+        line per request; its handler's errors from then on are not reported."""
+        for entry in list(self.loop.requests):
+            inline = entry.stage is Stage.RUNNING and entry.task is None
+            if not (inline or entry.stage is Stage.OFFLOADED) or id(entry) in self._cut_entries:
+                continue
+            self._cut_entries.add(id(entry))
+            self.cut.add(entry.request)
+            logger.warning("%s: cutting off the request from %s (%s): %s",
+                           builtin.server_url(entry.server),
+                           builtin.format_address(entry.client_address),
+                           "inline" if inline else "in a thread" if entry.where == "thread"
+                           else f"in {entry.where}", reason)
             if isinstance(entry.request, socket.socket) and entry.request.fileno() >= 0:
                 try:
-                    entry.request.shutdown(socket.SHUT_RDWR)  # the thread's reads see EOF
+                    entry.request.shutdown(socket.SHUT_RDWR)
                 except OSError:
-                    pass  # the peer or the thread closed it meanwhile
+                    pass  # the peer or the handler closed it meanwhile
         for server in self.servers:
             for pid in list(getattr(server, "active_children", None) or ()):
                 try:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
-                    pass  # exited meanwhile; server_close() reaps it
+                    pass  # exited meanwhile; it is reaped as usual
+
+
+def _count_of(count: int, noun: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _say(text: str) -> None:
+    """One line on stderr, written with one system call: safe in a signal handler, where the
+    interrupted code may be in the middle of a buffered write to stderr."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        sys.stderr.write(text + "\n")  # stderr replaced by an object without a descriptor
+        return
+    os.write(fd, (text + "\n").encode(errors="replace"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -738,33 +872,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "workers", None) is not None and not args.check:
         return cli_workers.main(args, parser)
     plans = make_plans(args, parser.error)
-    if args.check:
-        for plan in plans:
-            print(f"would serve {plan.describe()}", file=sys.stderr)
-        return 0
     with reactor.Reactor() as loop:
-        started: list[BaseServer] = []
-        try:
-            for plan in plans:
-                server_class: type[BaseServer] = plan.server_class
-                if plan.bind.socket is not None:  # inherited: serve it as it is
-                    started.append(server_class.from_socket(plan.bind.socket,
-                                                            plan.handler_class))
-                else:
-                    started.append(server_class(plan.bind.address, plan.handler_class))
-                loop.register(started[-1])
-        except (OSError, ValueError) as exc:  # ValueError: an inherited socket not listening
+        started = _bind(plans, loop, parser.prog)
+        if started is None:
+            return 1
+        if args.check:  # every address could be bound: release them at once
             for server in started:
                 server.server_close()
-            for each in plans[len(started):]:
-                if each.bind.socket is not None:
-                    each.bind.socket.close()
-            print(f"{parser.prog}: error: cannot listen on {plan.bind.url}: {exc}",
-                  file=sys.stderr)
-            return 1
+            for plan in plans:
+                print(f"would serve {plan.describe()}", file=sys.stderr)
+            return 0
         for plan, server in zip(plans, started):
             print(f"serving {plan.describe(builtin.server_url(server))}", file=sys.stderr,
                   flush=True)
         notifier = systemd.Notifier(loop)  # where NOTIFY_SOCKET is set
         loop.call_soon(notifier.ready)  # on the loop's first turn: every server accepts
         return Run(loop, started, notifier).serve()
+
+
+def _bind(plans: list[Plan], loop: reactor.Reactor, prog: str) -> list[BaseServer] | None:
+    """Make and register every server (an inherited socket is served as it is); on an error,
+    close those made and the inherited sockets not yet served, say which address failed and
+    return None."""
+    started: list[BaseServer] = []
+    for index, plan in enumerate(plans):
+        try:
+            server_class: type[BaseServer] = plan.server_class
+            if plan.bind.socket is not None:
+                started.append(server_class.from_socket(plan.bind.socket, plan.handler_class))
+            else:
+                started.append(server_class(plan.bind.address, plan.handler_class))
+            loop.register(started[-1])
+        except (OSError, ValueError) as exc:  # ValueError: an inherited socket not listening
+            for server in started:
+                server.server_close()
+            for each in plans[index + 1:]:
+                if each.bind.socket is not None:
+                    each.bind.socket.close()
+            if isinstance(exc, StaleSocketFile):
+                exc = StaleSocketFile(exc.path, "give --remove-stale-socket")
+            print(f"{prog}: error: cannot listen on {plan.bind.url}: {exc}", file=sys.stderr)
+            return None
+    return started

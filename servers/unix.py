@@ -13,7 +13,20 @@ import socket
 import stat
 from typing import Any
 
-__all__ = ["bind_unix", "remove_if_ours"]
+__all__ = ["StaleSocketFile", "bind_unix", "remove_if_ours"]
+
+
+class StaleSocketFile(OSError):
+    """EADDRINUSE from a socket file that nothing listens on (left by a crashed run).
+
+    Attributes:
+        path: the socket file.
+    """
+
+    def __init__(self, path: Any, advice: str) -> None:
+        super().__init__(errno.EADDRINUSE, f"{path!s} is a stale socket file (nothing listens "
+                         f"on it, probably left by a crashed run); remove it, or {advice}")
+        self.path = path
 
 
 def bind_unix(sock: socket.socket, path: Any, remove_stale: bool) -> int | None:
@@ -21,7 +34,7 @@ def bind_unix(sock: socket.socket, path: Any, remove_stale: bool) -> int | None:
 
     Raises:
         OSError(EADDRINUSE): `path` exists; the message says whether a server is using it and
-            what to do.
+            what to do (`StaleSocketFile` when nothing listens on it).
     """
     try:
         sock.bind(path)
@@ -35,9 +48,8 @@ def bind_unix(sock: socket.socket, path: Any, remove_stale: bool) -> int | None:
             raise OSError(errno.EADDRINUSE, f"{path!s} is in use by a running server; stop it "
                           "or choose another path") from exc
         if not remove_stale:
-            raise OSError(errno.EADDRINUSE, f"{path!s} is a stale socket file (nothing "
-                          "listens on it, probably left by a crashed run); remove it, or set "
-                          "remove_stale_socket = True on the server class") from exc
+            raise StaleSocketFile(path, "set remove_stale_socket = True on the server "
+                                  "class") from exc
         os.unlink(path)
         sock.bind(path)
     return os.stat(path).st_ino if _is_filesystem_path(path) else None

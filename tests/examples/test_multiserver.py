@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
@@ -154,6 +155,50 @@ def test_four_services_one_thread_and_a_graceful_stop(example) -> None:
     assert run.proc.wait(timeout=10) == 0
     assert run.stderr() == ""
     assert not admin.exists()
+
+
+@pytest.mark.slow
+def test_one_request_in_flight_is_counted_in_the_singular(example) -> None:
+    run, urls, _ = example
+    with socket.create_connection(host_port(urls["status page"]), timeout=10) as page:
+        page.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        while chunk := page.recv(65536):  # the server closes: its table row is gone too
+            body += chunk
+    assert b"1 request in flight</h1>" in body  # this request itself
+    with socket.create_connection(host_port(urls["line service"]), timeout=10) as held:
+        held.sendall(b"hello\n")
+        assert read_until(held, b"\n") == b"HELLO\n"
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.line() == "stopping (SIGTERM): draining 1 request in flight"
+    assert run.line() == "stopped"
+    assert run.proc.wait(timeout=10) == 0
+
+
+def readme_clients() -> list[str]:
+    """The README's `python -c` clients (shown for machines without nc)."""
+    readme = (REPO / "README.md").read_text()
+    return [shlex.split(line)[2] for line in readme.splitlines()
+            if line.startswith("python -c ")]
+
+
+@pytest.mark.slow
+def test_the_readme_python_clients_talk_to_the_example(example) -> None:
+    run, urls, admin = example
+    tcp, admin_client, status = readme_clients()
+    line_port = host_port(urls["line service"])[1]
+    http_port = host_port(urls["status page"])[1]
+    programs = [
+        (tcp.replace("8007", str(line_port)), "hello\nworld\n", "HELLO\nWORLD\n"),
+        (admin_client.replace('f"/tmp/multiserver-{os.getuid()}.sock"', repr(str(admin))),
+         "stats\n", "uptime "),
+        (status.replace("8080", str(http_port)), "", "lines: 2"),
+    ]
+    for program, typed, expected in programs:
+        result = subprocess.run([sys.executable, "-c", program], input=typed, text=True,
+                                capture_output=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout, (program, result.stdout)
 
 
 @pytest.mark.slow

@@ -730,26 +730,112 @@ def test_close_logs_a_task_that_refuses_to_close(loop: Reactor, caplog) -> None:
 
 
 @pytest.mark.threads
-def test_close_from_another_thread_while_running_is_refused() -> None:
+def test_close_from_another_thread_is_done_by_the_loop_which_returns(pair) -> None:
+    a, _ = pair
+    r = Reactor()
+    ran_on: list[int] = []
+    parked = threading.Event()
+
+    async def waiter() -> None:
+        try:
+            parked.set()
+            await reactor.wait(reactor.WaitReadable(a.fileno()))
+        finally:
+            ran_on.append(threading.get_ident())
+
+    r.spawn(waiter(), r.open_request(object(), a, "peer", a.fileno()))
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            r.serve_forever(poll_interval=None)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    assert parked.wait(10)
+    r.close()  # the loop is in select(): woken, it returns and releases everything itself
+    assert r.closed
+    thread.join(10)
+    assert not thread.is_alive() and errors == []
+    assert ran_on == [thread.ident]  # the task's finally ran on the loop's thread
+    assert len(r.requests) == 0
+
+
+def test_close_from_a_callback_on_the_loop_takes_effect_when_the_turn_ends() -> None:
+    r = Reactor()
+    seen: list[bool] = []
+
+    def close_then_look() -> None:
+        r.close()
+        seen.append(r.closed)  # the rest of this turn still runs on an open reactor
+
+    r.call_soon(close_then_look)
+    r.serve_forever(poll_interval=5)
+    assert seen == [False] and r.closed
+
+
+@pytest.mark.threads
+def test_close_from_another_thread_waits_at_most_handover_timeout_for_a_busy_loop() -> None:
+    r = Reactor()
+    r.handover_timeout = 0.05
+    returned = threading.Event()
+    closed_when_returned: list[bool] = []
+
+    def other() -> None:
+        r.close()  # the loop is busy in busy(): close() gives up waiting, it does not raise
+        closed_when_returned.append(r.closed)
+        returned.set()
+
+    def busy() -> None:
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert returned.wait(10)  # the loop stays in this callback until close() returned
+        thread.join()
+
+    r.call_soon(busy)
+    r.serve_forever(poll_interval=5)  # returns after the busy turn: close() was asked for
+    assert closed_when_returned == [False] and r.closed
+
+
+@pytest.mark.threads
+def test_call_and_wait_runs_the_callback_on_the_loops_thread() -> None:
     with Reactor() as r:
-        errors: list[BaseException] = []
+        ran_on: list[int] = []
+        r.call_and_wait(lambda: ran_on.append(threading.get_ident()))  # not running: here
+        assert ran_on == [threading.get_ident()]
+        started = threading.Event()
+        r.call_soon(started.set)
+        thread = threading.Thread(target=r.serve_forever, args=(None,))
+        thread.start()
+        assert started.wait(10)
+        assert r.call_and_wait(lambda: ran_on.append(threading.get_ident()))
+        assert ran_on[1] == thread.ident
+        r.shutdown()
+        thread.join()
+
+
+@pytest.mark.threads
+def test_call_and_wait_gives_up_on_a_busy_loop_and_the_callback_runs_later() -> None:
+    with Reactor() as r:
+        r.handover_timeout = 0.05
+        ran: list[str] = []
+        outcome: list[bool] = []
 
         def other() -> None:
-            try:
-                r.close()
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            outcome.append(r.call_and_wait(ran.append, "late"))
 
-        def on_loop() -> None:
+        def busy() -> None:
             thread = threading.Thread(target=other)
             thread.start()
-            thread.join()
-            r.shutdown()  # on the loop thread: returns at once
+            thread.join()  # the loop is busy until call_and_wait() has given up
+            assert ran == []
+            r.call_soon(r.shutdown)
 
-        r.call_soon(on_loop)
+        r.call_soon(busy)
         r.serve_forever(poll_interval=5)
-        assert len(errors) == 1 and isinstance(errors[0], ReactorError)
-        assert not r.closed
+        assert outcome == [False] and ran == ["late"]
 
 
 # ------------------------------------------------------------------------ testing helpers

@@ -768,7 +768,7 @@ def test_a_connection_still_in_a_stage_when_a_drain_times_out_is_closed_once(
         with connect(staying) as sock:
             assert exchange(r, sock, V2_FULL + REQUEST)["client_address"] == list(CLIENT4)
     (record,) = server_records(caplog, logging.INFO)  # the drain's line, nothing after it
-    assert "shutdown_timeout=1.0s passed with 1 requests in flight" in record.getMessage()
+    assert "shutdown_timeout=1.0s passed with 1 request in flight" in record.getMessage()
 
 
 # ------------------------------------------------------------------ a real HAProxy
