@@ -9,8 +9,10 @@ or a shared one the server was registered on with `Reactor.register(server)`.
 
 How a request runs is decided per request: a handler whose `handle()` is `async def` becomes a
 task in the reactor's table; a classic handler runs inline, as in the standard library (or in
-a thread / a child with the mixins). This module holds the loop-facing half (accepting,
-bounds, back-off, shutdown and drain); `tcp.py`/`udp.py` hold the socket-facing half.
+a thread / a child with the mixins). This module holds the loop-facing half (the standard
+hooks and serving loops, accepting, bounds, back-off, shutdown and drain); `lifecycle.py` the
+request's table entry from accept to close; `accepting.py` accepting under bounds and
+back-off; `tcp.py`/`udp.py` the socket-facing half.
 """
 
 from __future__ import annotations
@@ -28,16 +30,14 @@ import handlers
 import reactor as reactor_pkg
 from reactor import RequestEntry, Stage
 
+from .accepting import Accepting
+from .lifecycle import RequestLifecycle, _async_request_done
+
 __all__ = ["BaseServer"]
 
 logger = logging.getLogger("servers")
 
-# Accept errors that mean "out of a resource": back off instead of retrying at once (which
-# would spin the loop at 100% CPU while the listening socket stays readable).
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-
-_FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
 _ServerT = TypeVar("_ServerT", bound="BaseServer")
 
 
@@ -48,13 +48,7 @@ def _release_descriptor_number(reactor: Any, holder: socket.socket) -> None:
     holder.close()
 
 
-def _async_request_done(task: Any) -> None:
-    """Completion callback of every async request (a plain function: no bound method is kept
-    per connection)."""
-    task.entry.server._task_done(task)
-
-
-class BaseServer:
+class BaseServer(Accepting, RequestLifecycle):
     """Same contract as `socketserver.BaseServer`, running on a reactor.
 
     Differences from the standard library, all of them additions:
@@ -207,18 +201,6 @@ class BaseServer:
         return (getattr(self.RequestHandlerClass, "handle_is_async", None) is False
                 and type(self).finish_request is BaseServer.finish_request)
 
-    def _process_inline(self, request: Any, client_address: Any) -> None:
-        """Run a classic handler on the reactor's thread, its entry in the table meanwhile."""
-        entry = self._open_entry(request, client_address)
-        try:
-            entry.stage = Stage.RUNNING
-            self.finish_request(request, client_address)
-            entry.stage = Stage.CLOSING
-            self.shutdown_request(request)
-        finally:
-            self._reactor.close_request(entry)
-            self._request_closed(entry)
-
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Construct the handler, which serves the request."""
         self.RequestHandlerClass(request, client_address, self)
@@ -362,28 +344,6 @@ class BaseServer:
         return None
 
     # ------------------------------------------------------------ the listener protocol
-    def attach(self, reactor: Any) -> None:
-        """Start accepting on `reactor` (called by `Reactor.register(server)`)."""
-        if self._reactor is not None and self._reactor is not reactor:
-            raise reactor_pkg.ReactorError(
-                f"{self!r} is already registered on another reactor; unregister it there first")
-        self._prepare_listener()  # refuses invalid settings before the server is tied to it
-        self._reactor = reactor
-        if self._in_flight is None:
-            self._in_flight = {}
-        self._start_accepting()
-
-    def detach(self, reactor: Any) -> None:
-        """Stop accepting on `reactor` (called by `Reactor.unregister(server)`). Requests in
-        flight keep running."""
-        self._stop_accepting()
-        for timer in (self._backoff_timer, self._drain_timer):
-            if timer is not None:
-                timer.cancel()
-        self._backoff_timer = self._drain_timer = None
-        if self._reactor is reactor and reactor is not self._own_reactor:
-            self._reactor = None
-
     def begin_shutdown(self) -> None:
         """Stop accepting and drain (called by `Reactor.shutdown()` on the loop's thread)."""
         if self._drain_state is not None or self._reactor is None:
@@ -448,201 +408,11 @@ class BaseServer:
             else:
                 self._abandon(entry)
 
-    def _on_listener_readable(self) -> None:
-        budget = 1 if self._single_request else self._accept_budget()
-        for _ in range(budget):
-            before = self._accept_count
-            self._handle_request_noblock()
-            if self._accept_count == before or not self._accepting:
-                break
-
-    def _accept_budget(self) -> int:
-        return 1
-
-    def _handle_request_noblock(self) -> None:
-        """Accept one request and run it through the standard hooks (never blocks: the
-        listening descriptor was reported ready)."""
-        try:
-            request, client_address = self.get_request()  # type: ignore[attr-defined]
-        except OSError as exc:
-            if not isinstance(exc, (BlockingIOError, InterruptedError)):
-                self._failed_accepts += 1
-            self._accept_failed(exc)
-            return
-        self._accept_count += 1
-        self._episode_logged = False
-        self._prepare_request(request)
-        verdict = self._guarded(self.verify_request, request, client_address)
-        if verdict is _FAILED:
-            return
-        if not verdict:
-            self.shutdown_request(request)
-        else:
-            self._admit_request(request, client_address)
-
     def _admit_request(self, request: Any, client_address: Any) -> None:
         """Run the work due before the handler (stream servers: TLS handshake, read-ahead),
         then dispatch. Those stages live on one table entry, which `process_request()` then
         adopts (same id, same age)."""
         self._dispatch_request(request, client_address)
-
-    def _dispatch_request(self, request: Any, client_address: Any) -> None:
-        """`process_request()` under the standard error handling. A staged entry that an
-        overridden `process_request()` did not adopt leaves the table now."""
-        fd = self._request_fd(request) if self._staged_entries else -1
-        self._guarded(self.process_request, request, client_address)
-        staged = self._staged_entries
-        if staged and fd >= 0:
-            entry = staged.pop(fd, None)
-            if entry is None:
-                return
-            if self._reactor is not None:
-                self._reactor.close_request(entry)
-            self._request_closed(entry)
-
-    def _stage_entry(self, request: Any, client_address: Any) -> RequestEntry:
-        """Open the table entry of a request that has work to do before its handler runs;
-        `process_request()` adopts it later through `_open_entry()`."""
-        entry = self._open_entry(request, client_address)
-        if self._staged_entries is None:
-            self._staged_entries = {}
-        self._staged_entries[entry.fd] = entry  # by descriptor: a TLS wrap keeps it
-        return entry
-
-    def _guarded(self, hook: Callable[[Any, Any], Any], request: Any,
-                 client_address: Any) -> Any:
-        """Call `hook(request, client_address)` (verify_request, process_request) with the
-        standard library's error handling: an Exception goes to `handle_error()` and the
-        request is shut down (returns `_FAILED`); anything else shuts it down and propagates."""
-        try:
-            return hook(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
-            return _FAILED
-        except BaseException:
-            self.shutdown_request(request)
-            raise
-
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno not in _RESOURCE_ERRNOS or self._reactor is None:
-            return  # the standard library ignores accept errors (a reset client, EAGAIN)
-        if not self._episode_logged:
-            logger.warning("%s: accept failed (%s); pausing accepts for %ss, again until "
-                           "descriptors are free", self._name(), exc, self.accept_backoff)
-            self._episode_logged = True
-        self._stop_accepting()
-        if self._backoff_timer is None:
-            self._backoff_timer = self._reactor.call_later(self.accept_backoff,
-                                                           self._end_backoff)
-
-    def _end_backoff(self) -> None:
-        self._backoff_timer = None
-        self._maybe_resume_accepting()
-
-    def _open_entry(self, request: Any, client_address: Any) -> RequestEntry:
-        staged = self._staged_entries
-        if staged:
-            adopted = staged.pop(self._request_fd(request), None)
-            if adopted is not None:
-                adopted.request = request  # TLS may have wrapped it meanwhile
-                return adopted  # its stages are over: the same entry goes on
-        entry: RequestEntry = self._reactor.open_request(self, request, client_address,
-                                           self._request_fd(request))
-        self._in_flight[entry] = None
-        limit = self.max_connections
-        if limit is not None and len(self._in_flight) >= limit:
-            self._stop_accepting()
-        return entry
-
-    def _request_closed(self, entry: RequestEntry) -> None:
-        if entry in self._in_flight:
-            del self._in_flight[entry]
-            if entry.where is not None:
-                self._offloaded -= 1
-            self._maybe_resume_accepting()
-            self._check_drained()
-
-    def _mark_offloaded(self, entry: RequestEntry, where: str) -> None:
-        entry.move_to(Stage.OFFLOADED)
-        entry.where = where
-        self._offloaded += 1
-
-    def _maybe_resume_accepting(self) -> None:
-        if (self._accepting or self._reactor is None or self._drain_state is not None
-                or self._backoff_timer is not None or not self._below_limits()):
-            return
-        self._start_accepting()
-
-    def _below_limits(self) -> bool:
-        limit = self.max_connections
-        return limit is None or len(self._in_flight) < limit
-
-    def _start_accepting(self) -> None:
-        if not self._accepting and self._drain_state is None and self._below_limits():
-            self._reactor.add_reader(self.fileno(), self._on_listener_readable)  # type: ignore
-            self._accepting = True
-
-    def _stop_accepting(self) -> None:
-        if self._accepting:
-            self._accepting = False
-            try:
-                self._reactor.remove_reader(self.fileno())  # type: ignore[attr-defined]
-            except (OSError, ValueError):
-                pass  # the socket is already closed
-
-    def _task_done(self, task: Any) -> None:
-        """An async request ended: report its error the way the standard library would,
-        then shut the request down and release its table row."""
-        entry = task.entry
-        request, client_address = entry.request, entry.client_address
-        try:
-            error = task.error
-            if isinstance(error, Exception):  # not finished, cancelled, or KeyboardInterrupt
-                try:
-                    raise error  # the reporting below reads the exception being handled
-                except Exception:
-                    self._report_failure(request, client_address, handler_is_async=True)
-        finally:
-            task.error = None if isinstance(task.error, Exception) else task.error
-            try:
-                self._end_request(request)
-            finally:
-                self._request_closed(entry)
-
-    def _report_failure(self, request: Any, client_address: Any,
-                        handler_is_async: bool | None = None) -> None:
-        """Report the exception being handled (call inside `except Exception`), in every mode
-        alike: a client over a bound (`handlers.LimitExceeded`) is one WARNING; for async
-        handlers a timeout or a connection error (reset, broken pipe) is one INFO line; any
-        other exception goes to `handle_error()`, as the standard library does."""
-        error = sys.exc_info()[1]
-        if handler_is_async is None:
-            handler_is_async = bool(getattr(self.RequestHandlerClass, "handle_is_async", False))
-        if isinstance(error, handlers.LimitExceeded):
-            logger.warning("%s: closing connection from %s: %s", self._name(), client_address,
-                           error)
-        elif handler_is_async and isinstance(error, (ConnectionError, TimeoutError)):
-            logger.info("%s: connection from %s ended: %s", self._name(), client_address,
-                        error)
-        else:
-            self.handle_error(request, client_address)
-
-    def _end_request(self, request: Any) -> None:
-        fd = self._request_fd(request)
-        if fd >= 0 and self._reactor is not None and not self._reactor.closed:
-            self._reactor.forget(fd)
-        self.shutdown_request(request)
-
-    def _abandon(self, entry: RequestEntry) -> None:
-        """Close a request that has no task (in one of its stages) without running it."""
-        if self._staged_entries:
-            self._staged_entries.pop(entry.fd, None)
-        if self._reactor is not None and entry.fd >= 0:
-            self._reactor.forget(entry.fd)
-        self.shutdown_request(entry.request)
-        self._reactor.close_request(entry)
-        self._request_closed(entry)
 
     # --- socket-facing hooks the concrete servers provide
     def _complete_handshake(self, request: Any, client_address: Any) -> bool:
