@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lineprocess import LineProcess
 
 import servers
 from servers import builtin, cli
@@ -267,46 +268,11 @@ def test_options_not_given_leave_the_library_defaults() -> None:
 
 
 # --------------------------------------------------------------------------- in a subprocess
-class Command:
+class Command(LineProcess):
     """`python -m servers ...` in a subprocess; reads its stderr line by line with a bound."""
 
     def __init__(self, *args: str, cwd: Path | None = None) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, "-m", "servers", *args], cwd=cwd, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        assert self.proc.stderr is not None
-        self._stderr = self.proc.stderr
-        self._buffer = b""
-        self.seen: list[str] = []
-
-    def line(self, timeout: float = 10.0) -> str:
-        """The next line of stderr ("" at EOF)."""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._stderr, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise AssertionError(f"no line from the command; so far: {self.seen}")
-                chunk = os.read(self._stderr.fileno(), 65536)
-                if not chunk:
-                    break
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        self.seen.append(line.decode())
-        return self.seen[-1]
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        for _ in range(100):
-            line = self.line()
-            match = re.search(pattern, line)
-            if match:
-                return match
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"{pattern!r} never appeared in {self.seen}")
+        super().__init__([sys.executable, "-m", "servers", *args], cwd=cwd)
 
     def serving(self, count: int) -> list[str]:
         """The URLs of the first `count` 'serving ...' lines."""
@@ -315,19 +281,6 @@ class Command:
     def threads(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"^Threads:\s+(\d+)", status, re.M)[1])
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(signum)
-        return self.proc.wait(timeout=20)
-
-    def rest(self) -> str:
-        return self._buffer.decode() + self._stderr.read().decode()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from lineprocess import LineProcess, repo_environ
 from conftest import recv_line
 
 import reactor
@@ -38,62 +39,16 @@ pytestmark = [pytest.mark.forking,
 
 
 # --------------------------------------------------------------------------- helpers
-class Program:
+class Program(LineProcess):
     """A subprocess whose stderr is read line by line, each read bounded."""
 
     def __init__(self, argv: list[str], cwd: Path | None = None,
                  env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            PYTHONDONTWRITEBYTECODE="1", **(env or {}))
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     pass_fds=pass_fds)
-        assert self.proc.stderr is not None
-        self._stderr = self.proc.stderr
-        self._buffer = b""
-        self.seen: list[str] = []
-
-    def line(self, deadline: float) -> str | None:
-        """The next line of stderr; None at EOF."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._stderr, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise AssertionError("timed out waiting for a line; so far:\n" +
-                                         "\n".join(self.seen))
-                chunk = os.read(self._stderr.fileno(), 65536)
-                if not chunk:
-                    if not self._buffer:
-                        return None
-                    self._buffer += b"\n"
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        self.seen.append(line.decode(errors="replace"))
-        return self.seen[-1]
-
-    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Read lines until one matches `pattern` (re.search)."""
-        deadline = time.monotonic() + timeout
-        while (line := self.line(deadline)) is not None:
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"{pattern!r} never appeared; output:\n" + "\n".join(self.seen))
+        super().__init__(argv, cwd=cwd, pass_fds=pass_fds,
+                         env=repo_environ(PYTHONDONTWRITEBYTECODE="1", **(env or {})))
 
     def ready_pids(self, count: int) -> list[int]:
         return [int(self.wait_for(r"worker (\d+) ready")[1]) for _ in range(count)]
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(signum)
-        return self.proc.wait(timeout=20)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from lineprocess import LineProcess
 
 import reactor
 import servers
@@ -445,51 +446,12 @@ def test_listen_fds_is_a_name_of_the_servers_package() -> None:
 
 
 # --------------------------------------------------------------------------- the command line
-class Running:
+class Running(LineProcess):
     """A process whose stderr is read line by line, each read bounded."""
 
     def __init__(self, argv: list[str], env: dict[str, str],
                  pass_fds: tuple[int, ...] = ()) -> None:
-        self.proc = subprocess.Popen(argv, env=env, pass_fds=pass_fds, cwd=ROOT,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        assert self.proc.stderr is not None
-        self._stderr = self.proc.stderr
-        self._buffer = b""
-        self.seen: list[str] = []
-
-    def line(self, timeout: float = 10.0) -> str:
-        """The next line of stderr ("" at EOF)."""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._stderr, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise AssertionError(f"no line from the process; so far: {self.seen}")
-                chunk = os.read(self._stderr.fileno(), 65536)
-                if not chunk:
-                    break
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        self.seen.append(line.decode())
-        return self.seen[-1]
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        while line := self.line():
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"{pattern!r} never appeared in {self.seen}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
+        super().__init__(argv, cwd=ROOT, env=env, pass_fds=pass_fds)
 
 
 @pytest.fixture
