@@ -75,6 +75,7 @@ class Reactor(TaskScheduler):
         self._tasks: dict[Task, None] = {}  # live tasks, so close() can close them all
         self._loop_thread: int | None = None
         self._stop_requested = False
+        self._shutdown_pending = False  # shutdown() called, the servers not yet told
         self._stopped = threading.Event()
         self._stopped.set()
         self._closed = False
@@ -272,6 +273,10 @@ class Reactor(TaskScheduler):
             self._evict_closed_descriptors()
         finally:
             self._selecting = False
+        if self._shutdown_pending:
+            # Before this turn's events: a connection that is ready now must not be accepted
+            # after shutdown() returned (from a signal handler, it may have run just now).
+            self._begin_shutdown()
         self._interest.dispatch(events)
         done = len(events)
         if self._timers:
@@ -320,6 +325,7 @@ class Reactor(TaskScheduler):
         if self._closed:
             return
         self._stop_requested = True
+        self._shutdown_pending = True
         self.call_soon_threadsafe(self._begin_shutdown)
         if self._loop_thread is not None and not self.is_serving_thread():
             self._stopped.wait()
@@ -488,6 +494,9 @@ class Reactor(TaskScheduler):
         self._waker.wake()
 
     def _begin_shutdown(self) -> None:
+        if not self._shutdown_pending:
+            return  # begun already, at the start of this turn
+        self._shutdown_pending = False
         for server in list(self._listeners):
             if isinstance(server, Listener):
                 server.begin_shutdown()
