@@ -4,8 +4,9 @@ They keep the standard library's contract (one real `threading.Thread` per reque
 `os.fork()` per request, `daemon_threads`, `block_on_close`, `max_children`,
 `active_children`, `collect_children()`), and add what a reactor makes possible: the handed-off
 request stays visible in the reactor's table (stage OFFLOADED) until its thread or child ends,
-finished threads are dropped at once, children are reaped as soon as they exit (through a
-pidfd where the platform has one, else once per loop turn), and at `max_threads` /
+finished threads are forgotten once they have ended (at the next request, or joined at close),
+children are reaped as soon as they exit (through a pidfd where the platform has one, else
+once per loop turn), and at `max_threads` /
 `max_children` the server stops accepting instead of blocking the loop.
 
 Why a forked child never touches the reactor: in the child only the forking thread exists
@@ -103,8 +104,8 @@ class ThreadingMixIn:
         # `reactor` is the one the request started on: the server may have left it since.
         self._thread_count -= 1
         threads = self._threads
-        if threads and thread in threads:
-            threads.remove(thread)
+        if threads:  # drop the ended ones; one still finishing stays for server_close() to join
+            threads[:] = [t for t in threads if t.is_alive() or not t.ident]
         reactor.close_request(entry)
         self._request_closed(entry)  # type: ignore[attr-defined]
 
