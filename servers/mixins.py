@@ -19,16 +19,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import handlers
+
+if TYPE_CHECKING:  # the mixins are written against BaseServer, which they come before
+    from .base import BaseServer as _ServerBase
+else:
+    _ServerBase = object  # at run time their only base is object, as in the standard library
 
 __all__ = ["ThreadingMixIn", "ForkingMixIn"]
 
 logger = logging.getLogger("servers")
 
 
-class ThreadingMixIn:
+class ThreadingMixIn(_ServerBase):
     """Run each request in a new thread (same contract as `socketserver.ThreadingMixIn`).
 
     Attributes:
@@ -50,19 +55,19 @@ class ThreadingMixIn:
         Exception (client faults of async handlers are logged instead, as on the reactor:
         see `BaseServer._report_failure`), and `shutdown_request()` always."""
         try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            self.finish_request(request, client_address)
         except Exception:
-            self._report_failure(request, client_address)  # type: ignore[attr-defined]
+            self._report_failure(request, client_address)
         finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the request and return at once."""
-        reactor = self._reactor  # type: ignore[attr-defined]
+        reactor = self._reactor
         entry = None
         if reactor is not None:
-            entry = self._open_entry(request, client_address)  # type: ignore[attr-defined]
-            self._mark_offloaded(entry, "thread")  # type: ignore[attr-defined]
+            entry = self._open_entry(request, client_address)
+            self._mark_offloaded(entry, "thread")
         thread = threading.Thread(target=self._thread_main,
                                   args=(request, client_address, entry, reactor))
         thread.daemon = self.daemon_threads
@@ -78,23 +83,23 @@ class ThreadingMixIn:
                 threads.remove(thread)
             if entry is not None:
                 reactor.close_request(entry)
-                self._request_closed(entry)  # type: ignore[attr-defined]
+                self._request_closed(entry)
             raise
         if not self._below_limits():
-            self._stop_accepting()  # type: ignore[attr-defined]
+            self._stop_accepting()
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         threads, self._threads = self._threads or [], []
         for thread in threads:
             thread.join()
 
     def _thread_main(self, request: Any, client_address: Any, entry: Any, reactor: Any) -> None:
         try:
-            if self._complete_handshake(request, client_address):  # type: ignore[attr-defined]
+            if self._complete_handshake(request, client_address):
                 self.process_request_thread(request, client_address)
             else:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+                self.shutdown_request(request)
         finally:
             if reactor is not None:
                 reactor.call_soon_threadsafe(self._thread_done, entry, threading.current_thread(),
@@ -107,7 +112,7 @@ class ThreadingMixIn:
         if threads:  # drop the ended ones; one still finishing stays for server_close() to join
             threads[:] = [t for t in threads if t.is_alive() or not t.ident]
         reactor.close_request(entry)
-        self._request_closed(entry)  # type: ignore[attr-defined]
+        self._request_closed(entry)
 
     def _live_threads(self) -> list[threading.Thread]:
         threads: list[threading.Thread] | None = self._threads
@@ -118,11 +123,11 @@ class ThreadingMixIn:
 
     def _below_limits(self) -> bool:
         limit = self.max_threads
-        return super()._below_limits() and (  # type: ignore[misc]
+        return super()._below_limits() and (
             limit is None or self._thread_count < limit)
 
 
-class ForkingMixIn:
+class ForkingMixIn(_ServerBase):
     """Run each request in a child process (same contract as `socketserver.ForkingMixIn`).
 
     Attributes:
@@ -150,7 +155,7 @@ class ForkingMixIn:
         if self.active_children is None:
             return
         while (len(self.active_children) >= self.max_children and not blocking
-               and self._reactor is None):  # type: ignore[attr-defined]
+               and self._reactor is None):
             self._wait_child(next(iter(self.active_children)), 0)
         watched = self._children or {}
         for pid in list(self.active_children):
@@ -172,34 +177,34 @@ class ForkingMixIn:
                 self.active_children = set()
             self.active_children.add(pid)
             self._watch_child(pid, request, client_address)  # adopts a staged entry by its fd
-            self.close_request(request)  # type: ignore[attr-defined]
+            self.close_request(request)
             return
         status = 1
         try:
-            if self._complete_handshake(request, client_address):  # type: ignore[attr-defined]
-                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            if self._complete_handshake(request, client_address):
+                self.finish_request(request, client_address)
                 status = 0
         except Exception:
-            self._report_failure(request, client_address)  # type: ignore[attr-defined]
+            self._report_failure(request, client_address)
         finally:
             try:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+                self.shutdown_request(request)
             finally:
                 os._exit(status)
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         self.collect_children(blocking=self.block_on_close)
         for pid in list(self._children or ()):
             self._forget_child(pid)
 
     def _watch_child(self, pid: int, request: Any, client_address: Any) -> None:
-        reactor = self._reactor  # type: ignore[attr-defined]
+        reactor = self._reactor
         if reactor is None:
             return
-        entry = self._open_entry(request, client_address)  # type: ignore[attr-defined]
+        entry = self._open_entry(request, client_address)
         entry.fd = -1
-        self._mark_offloaded(entry, f"child {pid}")  # type: ignore[attr-defined]
+        self._mark_offloaded(entry, f"child {pid}")
         pidfd = -1
         if hasattr(os, "pidfd_open"):
             try:
@@ -212,7 +217,7 @@ class ForkingMixIn:
         if pidfd >= 0:
             reactor.add_reader(pidfd, self._wait_child, pid, os.WNOHANG)
         if not self._below_limits():
-            self._stop_accepting()  # type: ignore[attr-defined]
+            self._stop_accepting()
 
     def _wait_child(self, pid: int, flags: int) -> None:
         try:
@@ -235,9 +240,9 @@ class ForkingMixIn:
                 reactor.forget(pidfd)
             os.close(pidfd)
         reactor.close_request(entry)
-        self._request_closed(entry)  # type: ignore[attr-defined]
+        self._request_closed(entry)
 
     def _below_limits(self) -> bool:
-        return super()._below_limits() and (  # type: ignore[misc]
+        return super()._below_limits() and (
             len(self.active_children or ()) < self.max_children)
 
