@@ -5,9 +5,10 @@ graceful stop lose no request.
 The supervisor runs `proxied.py` in a subprocess (its stderr read line by line with a bound);
 HAProxy is tests/haproxy.py's fixture, given `retries 0` so that a connection our server
 refused would reach the client as a failure instead of being retried out of sight. The load is
-one client in this process, one connection through HAProxy per request, each read until EOF;
-between requests it reads the supervisor's lines that have arrived, without waiting. No
-thread, no sleep: everything synchronises on replies, log lines and pidfds.
+a client in this process, one connection through HAProxy per request, each read until EOF:
+batches of 8 in flight together during the reload, one at a time around the kill; between
+them it reads the supervisor's lines that have arrived, without waiting. No thread, no sleep:
+everything synchronises on replies, log lines and pidfds.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = ["load_balancer"]  # the fixture, imported so that pytest finds it her
 SCRIPT = Path(__file__).with_name("proxied.py")
 REPLY = re.compile(rb"(\S+) (\d+) pid (\d+) v(\d) (\d+) (.*)\n")
 MAX_REQUESTS = 3000  # the bound on every load loop (one request takes a few ms)
+WIDTH = 8  # requests in flight together during the reload
 
 pytestmark = [requires_haproxy, pytest.mark.slow, pytest.mark.forking,
               pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs os.pidfd_open")]
@@ -73,7 +75,9 @@ def supervised(load_balancer: Callable[..., HAProxy]
     started: list[Supervised] = []
 
     def start(*args: str) -> tuple[Supervised, HAProxy, list[int]]:
-        started.append(Supervised("--workers", "2", *args))
+        # 30 s: the slow requests here outlast no header timeout (the test at the end shows
+        # what happens to one that does)
+        started.append(Supervised("--workers", "2", "--proxy-header-timeout", "30", *args))
         run = started[-1]
         pids = run.ready_pids(2)
         return run, load_balancer([run.address], send_proxy="v2",
@@ -103,6 +107,7 @@ class Slow:
         match = re.fullmatch(rb"waiting (\d+)\n", recv_line(self.sock))
         assert match, "the slow request was not acknowledged"
         self.pid = int(match[1])
+        self.reply = b""  # what finish() received
 
     def finish(self) -> tuple[Answer | None, tuple[str, int]]:
         with self.sock:
@@ -110,25 +115,54 @@ class Slow:
             reply = b""
             while chunk := self.sock.recv(65536):
                 reply += chunk
+            self.reply = reply
             return parse(reply), self.sock.getsockname()
 
 
 @dataclass
 class Load:
-    """The sequential client: `request()` sends one numbered request and records the outcome."""
+    """The client: `requests()` sends numbered requests together and records each outcome."""
 
     address: Any
     answered: list[tuple[int, int]] = field(default_factory=list)  # (number, pid)
     failures: list[str] = field(default_factory=list)
 
     def request(self, number: int) -> None:
-        line = b"request %d\n" % number
+        self.requests(range(number, number + 1))
+
+    def requests(self, numbers: range) -> None:
+        """These requests in flight together: each connects and sends its line, then each
+        reply is read until EOF."""
+        clients: list[tuple[int, socket.socket]] = []
         try:
-            reply, own = ask(self.address, line)
+            for number in numbers:
+                client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                clients.append((number, client))
+                client.settimeout(10)
+                try:
+                    client.connect(self.address[:2])
+                    client.sendall(b"request %d\n" % number)
+                except OSError as exc:
+                    self.failures.append(f"{number}: {exc!r}")
+                    client.close()
+            for number, client in clients:
+                if client.fileno() >= 0:
+                    self._answer(number, client)
+        finally:
+            for _, client in clients:
+                client.close()
+
+    def _answer(self, number: int, client: socket.socket) -> None:
+        line = b"request %d\n" % number
+        reply = b""
+        try:
+            while chunk := client.recv(65536):
+                reply += chunk
         except OSError as exc:
-            self.failures.append(f"{number}: {exc!r}")
+            self.failures.append(f"{number}: {exc!r} after {reply!r}")
             return
         answer = parse(reply)
+        own = client.getsockname()
         if answer is None or answer.line != line or answer.client != own:
             self.failures.append(f"{number}: {reply!r} (the client was {own})")
         else:
@@ -168,28 +202,30 @@ def test_a_sighup_reload_under_load_loses_no_request(supervised: Any) -> None:
     new: list[int] = []
     stopped: list[int] = []
     reloaded_at = finished_at = None
-    for number in range(MAX_REQUESTS):
-        load.request(number)
-        if number == 50:
+    for first in range(0, MAX_REQUESTS, WIDTH):
+        load.requests(range(first, first + WIDTH))
+        if first == 10 * WIDTH:
             run.proc.send_signal(signal.SIGHUP)
         for line in run.ready_lines():
             if match := re.search(r"reload: new workers \[(\d+), (\d+)\] ready; stopping the "
                                   r"old ones \[(\d+), (\d+)\]", line):
                 new = [int(match[1]), int(match[2])]
                 assert sorted([int(match[3]), int(match[4])]) == sorted(old)
-                reloaded_at = number
+                reloaded_at = first
             elif match := re.search(r"worker (\d+) stopped \(exit status 0\)", line):
                 stopped.append(int(match[1]))
         if reloaded_at is not None and slow.sock.fileno() >= 0:
             held, held_own = slow.finish()  # the old worker drained it
-            assert held is not None and (held.pid, held.client) == (slow.pid, held_own)
+            assert held is not None and (held.pid, held.client) == (slow.pid, held_own), (
+                f"the slow request was cut: {slow.reply!r}; {run.seen}; {load.failures}; "
+                f"{balancer.log()[-3000:]}")
         if sorted(stopped) == sorted(old) and finished_at is None:
-            finished_at = number
-        if finished_at is not None and number >= finished_at + 100:
+            finished_at = first + WIDTH  # the first request sent once they were gone
+        if finished_at is not None and first >= finished_at + 20 * WIDTH:
             break
     assert finished_at is not None, f"the reload did not end; {run.seen}"
     assert load.failures == []
-    assert load.pids_from(finished_at + 1) <= set(new)  # only the new workers are left
+    assert load.pids_from(finished_at) <= set(new)  # only the new workers are left
     assert load.pids_from(0) & set(old)  # and the old ones did serve some of the load
     assert run.stop() == 0
 
@@ -253,3 +289,16 @@ def test_a_graceful_stop_drains_a_slow_request_through_haproxy(supervised: Any) 
         stopped.add(int(run.wait_for(r"worker (\d+) stopped \(exit status 0\)")[1]))
     run.wait_for(r"^returned$")
     assert run.proc.wait(timeout=10) == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "library bug: servers/stages.py _read_proxy_header() ends its wait but never disarms "
+    "the proxy_header_timeout timer once the header is complete, so the timer fires under "
+    "the running handler and closes the connection ('no complete PROXY header within "
+    "proxy_header_timeout'); fix: call self._disarm() after self._end_wait() there"))
+def test_a_request_may_outlast_proxy_header_timeout(supervised: Any) -> None:
+    run, balancer, _ = supervised("--proxy-header-timeout", "0.5")
+    reply, own = ask(balancer.address, b"linger\n")  # answered after 1 s
+    answer = parse(reply)
+    assert answer is not None, f"cut: {reply!r}; {run.ready_lines()}"
+    assert (answer.client, answer.line) == (own, b"linger\n")
