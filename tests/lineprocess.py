@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import selectors
 import signal
 import subprocess
@@ -67,6 +68,24 @@ class LineProcess:
             if not line and self.proc.poll() is not None:
                 raise AssertionError(f"{pattern!r} never appeared; output:\n" +
                                      "\n".join(self.seen))
+
+    def ready_lines(self) -> list[str]:
+        """The complete lines available now, without waiting (for a test that interleaves
+        reading with its own work)."""
+        lines: list[str] = []
+        while True:
+            if b"\n" in self._buffer:
+                lines.append(self.line())
+                continue
+            ready, _, _ = select.select([self._stderr], [], [], 0)
+            if not ready:
+                return lines
+            chunk = os.read(self._stderr.fileno(), 65536)
+            if not chunk:
+                if self._buffer:
+                    lines.append(self.line())  # the last line had no newline
+                return lines
+            self._buffer += chunk
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         """Send `signum`; the exit status."""
