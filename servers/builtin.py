@@ -103,7 +103,8 @@ def _status_text(handler: BaseRequestHandler) -> str:
                 "the request table cannot be read safely; serve Status in reactor mode\n")
     # The pid says which worker answered when a Supervisor runs several: each has its own
     # reactor, so the table is that worker's only.
-    return (f"pid {os.getpid()}: {len(loop.requests)} requests in flight\n"
+    count = len(loop.requests)
+    return (f"pid {os.getpid()}: {count} request{'' if count == 1 else 's'} in flight\n"
             + format_request_table(loop.requests))
 
 

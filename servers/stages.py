@@ -150,6 +150,7 @@ class Admission:
             self._fail(logging.INFO, "connection lost during the PROXY header: %s", exc)
             return
         self._end_wait()
+        self._disarm()  # the header is in: its deadline must not cut the request later
         self._header = b""
         info = info.with_peer(self.entry.client_address)
         self.proxy = info

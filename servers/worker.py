@@ -157,8 +157,9 @@ class _Worker:
         if self.stop_deadline is not None:
             return
         self.stop_deadline = self.loop.time() + self._drain_timeout()
-        logger.info("worker %d: stopping; draining %d requests in flight", os.getpid(),
-                    len(self.loop.requests))
+        count = len(self.loop.requests)
+        logger.info("worker %d: stopping; draining %d request%s in flight", os.getpid(), count,
+                    "" if count == 1 else "s")
         self.loop.shutdown()
 
     def _drain_timeout(self) -> float:

@@ -428,7 +428,7 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(program: Any) -> N
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"  # the request is in flight in the worker
         run.proc.send_signal(signal.SIGTERM)
-        run.wait_for(rf"worker {pid}: stopping; draining 1 requests in flight")
+        run.wait_for(rf"worker {pid}: stopping; draining 1 request in flight")
         slow.sendall(b"go on\n")
         reply = b""
         while chunk := slow.recv(100):
@@ -620,7 +620,7 @@ def test_a_threading_server_in_a_worker_drains_its_threads(program: Any) -> None
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"  # in a thread of the worker
         run.proc.send_signal(signal.SIGTERM)
-        run.wait_for(rf"worker {pid}: stopping; draining 1 requests in flight")
+        run.wait_for(rf"worker {pid}: stopping; draining 1 request in flight")
         slow.sendall(b"go on\n")
         assert recv_line(slow) == b"pid %d slow\n" % pid
     run.wait_for(rf"worker {pid} stopped \(exit status 0\)")
