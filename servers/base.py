@@ -185,7 +185,7 @@ class BaseServer(Accepting, RequestLifecycle):
                 self.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 self._prepare_for_reactor(request)
-                reactor.spawn(deferred.coroutine, entry, _async_request_done)
+                reactor.spawn(deferred.coroutine, entry, _async_request_done, eager=True)
                 owned_by_task = True  # the task closes the request and its entry
             else:
                 entry.move_to(Stage.CLOSING)

@@ -818,3 +818,34 @@ def test_at_step_end_runs_even_when_the_step_raises(loop: Reactor) -> None:
     finally:
         logging.getLogger("reactor").disabled = False
     assert log == ["step end"] and isinstance(task.error, LookupError)
+
+
+def test_an_eager_task_runs_its_first_step_at_once(loop: Reactor) -> None:
+    steps: list[str] = []
+
+    async def request(name: str) -> None:
+        steps.append(f"{name} started")
+        await reactor.checkpoint()
+        steps.append(f"{name} resumed")
+
+    eager = loop.spawn(request("eager"), eager=True)
+    lazy = loop.spawn(request("lazy"))
+    assert steps == ["eager started"]  # up to its first suspension, before spawn() returned
+    run_until_idle(loop)
+    assert steps == ["eager started", "eager resumed", "lazy started", "lazy resumed"]
+    assert eager.done and lazy.done
+
+
+def test_a_task_spawned_eagerly_from_inside_a_task_waits_for_its_turn(loop: Reactor) -> None:
+    steps: list[str] = []
+
+    async def child() -> None:
+        steps.append("child")
+
+    async def parent() -> None:
+        loop.spawn(child(), eager=True)  # a task is running: no nesting, the ready queue
+        steps.append("parent")
+
+    loop.spawn(parent())
+    run_until_idle(loop)
+    assert steps == ["parent", "child"]
