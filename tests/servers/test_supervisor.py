@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import pytest
 from lineprocess import LineProcess, repo_environ
+from test_cli import connect
 from conftest import recv_line
 
 import reactor
@@ -64,27 +65,9 @@ def program() -> Iterator[Callable[..., Program]]:
         each.close()
 
 
-def client_for(url: str) -> socket.socket:
-    scheme, _, rest = url.partition(":")
-    if scheme in ("unix", "unixgram"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM if scheme == "unixgram"
-                             else socket.SOCK_STREAM)
-        if scheme == "unixgram":
-            sock.bind("")  # autobind: an address the server can answer
-        address: Any = rest
-    else:
-        host, _, port = rest[2:].rpartition(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if scheme == "udp"
-                             else socket.SOCK_STREAM)
-        address = (host, int(port))
-    sock.settimeout(10)
-    sock.connect(address)
-    return sock
-
-
 def ask(url: str, data: bytes) -> bytes:
     """One request: a datagram's answer, or a stream's bytes until EOF."""
-    with client_for(url) as sock:
+    with connect(url) as sock:
         if data:  # a Unix socket whose peer has already closed refuses even b"" (EPIPE)
             sock.sendall(data)
         if sock.type == socket.SOCK_DGRAM:
@@ -319,7 +302,7 @@ def test_a_worker_at_its_bound_leaves_new_connections_to_the_others(program: Any
     run = program("--bind", "tcp", "--workers", "2", "--max-connections", "1")
     url = run.wait_for(r"^listening (\S+)")[1]
     pids = run.ready_pids(2)
-    with client_for(url) as busy:
+    with connect(url) as busy:
         busy.sendall(b"slow\n")
         assert recv_line(busy) == b"waiting\n"  # its worker is at max_connections=1
         other = answering_pid(url)  # so only the other worker can accept this one
@@ -347,7 +330,7 @@ def test_a_worker_whose_loop_is_blocked_is_killed_and_replaced(program: Any) -> 
     run = program("--bind", "tcp", "--workers", "1", "--classic", "--worker-timeout", "1")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as stuck:  # a classic handler inline: it blocks the worker's loop
+    with connect(url) as stuck:  # a classic handler inline: it blocks the worker's loop
         stuck.sendall(b"no end of line")
         run.wait_for(rf"worker {pid} sent no heartbeat for 1 s \(worker_timeout\): its loop "
                      "is blocked; killing it")
@@ -424,7 +407,7 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(program: Any) -> N
     run = program("--bind", "tcp", "--workers", "1")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as slow:
+    with connect(url) as slow:
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"  # the request is in flight in the worker
         run.proc.send_signal(signal.SIGTERM)
@@ -443,7 +426,7 @@ def test_a_second_sigterm_stops_the_workers_at_once(program: Any) -> None:
     run = program("--bind", "tcp", "--workers", "1")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as slow:
+    with connect(url) as slow:
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"
         run.proc.send_signal(signal.SIGTERM)
@@ -519,7 +502,7 @@ def test_sighup_reload_under_load_refuses_and_cuts_nothing(program: Any) -> None
         client.start()
     try:
         # a slow request in flight on an old worker: it must finish after the reloads
-        slow = client_for(url)
+        slow = connect(url)
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"
         for _ in range(2):
@@ -616,7 +599,7 @@ def test_a_threading_server_in_a_worker_drains_its_threads(program: Any) -> None
     run = program("--bind", "tcp", "--workers", "1", "--mode", "threading")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as slow:
+    with connect(url) as slow:
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"  # in a thread of the worker
         run.proc.send_signal(signal.SIGTERM)
@@ -634,7 +617,7 @@ def test_a_forking_server_in_a_worker_has_its_children_cut_off_at_the_deadline(
                   "--shutdown-timeout", "0.3")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as slow:
+    with connect(url) as slow:
         slow.sendall(b"slow\n")
         assert recv_line(slow) == b"waiting\n"  # in a child of the worker
         run.proc.send_signal(signal.SIGTERM)
@@ -652,7 +635,7 @@ def test_a_worker_that_never_finishes_draining_is_killed_after_the_grace_period(
                   "--worker-timeout", "0.5")
     url = run.wait_for(r"^listening (\S+)")[1]
     [pid] = run.ready_pids(1)
-    with client_for(url) as stubborn:  # its handler swallows the cancellation
+    with connect(url) as stubborn:  # its handler swallows the cancellation
         stubborn.sendall(b"stubborn\n")
         assert recv_line(stubborn) == b"waiting\n"
         run.proc.send_signal(signal.SIGTERM)
