@@ -20,7 +20,7 @@ import selectors
 import signal
 import threading
 import time
-from typing import Any, Callable, Coroutine, Final, final
+from typing import Any, Callable, Final, final
 
 from .clock import Clock, MonotonicClock
 from .errors import ClosedResourceError, ReactorError
@@ -202,6 +202,14 @@ class Reactor(TaskScheduler):
         self._interest.clear_writer(fd)
         if self._interest.reader_of(fd) is None:
             self._interest.forget(fd)
+
+    def watched_for(self, fd: Any) -> str:
+        """What the loop watches `fd` for now: "read", "write", "read+write", or "" (nothing
+        wakes for it)."""
+        fd = _fileno(fd)
+        reading = self._interest.reader_of(fd) is not None
+        writing = self._interest.writer_of(fd) is not None
+        return "+".join(word for word, on in (("read", reading), ("write", writing)) if on)
 
     def forget(self, fd: int) -> None:
         """Drop every reader and writer of `fd` now; call before closing a descriptor that

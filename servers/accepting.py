@@ -18,6 +18,9 @@ import reactor as reactor_pkg
 
 from .lifecycle import _FAILED
 
+if TYPE_CHECKING:
+    from .dispatch import Dispatch
+
 __all__ = ["Accepting"]
 
 logger = logging.getLogger("servers")
@@ -70,6 +73,10 @@ class Accepting:
             ...
 
         def _name(self) -> str:
+            ...
+
+        @property
+        def request_dispatch(self) -> Dispatch:
             ...
 
     def attach(self, reactor: Any) -> None:
@@ -150,7 +157,14 @@ class Accepting:
 
     def _below_limits(self) -> bool:
         limit = self.max_connections
-        return limit is None or len(self._in_flight) < limit
+        return ((limit is None or len(self._in_flight) < limit)
+                and self.request_dispatch.has_room())
+
+    def _check_room(self) -> None:
+        """Stop accepting if a request just started took the last room (a dispatch calls
+        this after starting a thread or a child)."""
+        if not self._below_limits():
+            self._stop_accepting()
 
     def _start_accepting(self) -> None:
         if not self._accepting and self._drain_state is None and self._below_limits():

@@ -17,21 +17,20 @@ back-off; `tcp.py`/`udp.py` the socket-facing half.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Final, TypeVar
+from typing import Any, Callable, TypeVar
 
-import handlers
 import reactor as reactor_pkg
 from reactor import RequestEntry, Stage
 
 from .accepting import Accepting
-from .lifecycle import RequestLifecycle, _async_request_done
+from .dispatch import Dispatch, LoopDispatch
+from .lifecycle import RequestLifecycle
 
 __all__ = ["BaseServer"]
 
@@ -83,6 +82,9 @@ class BaseServer(Accepting, RequestLifecycle):
 
     # Private state has class-level defaults so that subclasses whose __init__ skips ours
     # (the standard library tolerates that) still work.
+    #: Where handlers run: `LoopDispatch` (here), `ThreadDispatch` / `ChildDispatch` (mixins).
+    request_dispatch_class: Callable[[Any], Dispatch] = LoopDispatch
+    _request_dispatch: Dispatch | None = None
     _reactor: Any = None
     _own_reactor: Any = None
     _in_flight: Any = None
@@ -146,6 +148,19 @@ class BaseServer(Accepting, RequestLifecycle):
         return server
 
     @property
+    def accepting(self) -> bool:
+        """True while the reactor watches the listening socket: the server is registered,
+        below its bounds (`max_connections`, the dispatch's), not backing off after accept
+        errors, and not shutting down."""
+        return self._accepting
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment a shutdown begins until the requests in flight on the
+        reactor have finished (or `shutdown_timeout` cancelled them)."""
+        return self._drain_state == "draining"
+
+    @property
     def requests_accepted(self) -> int:
         """Requests `get_request()` has returned so far (refused ones included)."""
         return self._accept_count
@@ -165,35 +180,21 @@ class BaseServer(Accepting, RequestLifecycle):
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Run the request: as a task on the reactor when the handler is `async def`,
-        otherwise inline (`finish_request()` then `shutdown_request()`), as the standard
-        library does. The mixins override this to use threads or child processes."""
-        reactor = self._reactor
-        if reactor is None:
-            self.finish_request(request, client_address)
-            self.shutdown_request(request)
-            return
-        if self._handlers_are_classic():
-            self._process_inline(request, client_address)
-            return
-        entry = self._open_entry(request, client_address)
-        owned_by_task = False
-        try:
-            entry.stage = Stage.RUNNING
-            with handlers.deferred_start(reactor, entry,
-                                         self._transport_for(request)) as deferred:
-                self.finish_request(request, client_address)
-            if deferred.coroutine is not None:
-                self._prepare_for_reactor(request)
-                reactor.spawn(deferred.coroutine, entry, _async_request_done, eager=True)
-                owned_by_task = True  # the task closes the request and its entry
-            else:
-                entry.move_to(Stage.CLOSING)
-                self.shutdown_request(request)
-        finally:
-            if not owned_by_task:
-                reactor.close_request(entry)
-                self._request_closed(entry)
+        """Run the request through the server's dispatch: as a task on the reactor when the
+        handler is `async def`, otherwise inline (`finish_request()` then
+        `shutdown_request()`), as the standard library does. The mixins choose another
+        dispatch (`request_dispatch_class`): a thread or a child process per request."""
+        (self._request_dispatch or self.request_dispatch).start(request, client_address)
+
+    @property
+    def request_dispatch(self) -> Dispatch:
+        """Where this server's handlers run (`servers.dispatch`): its `kind` ("loop",
+        "thread", "child"), `running` (requests it runs now) and bounds. Made from the class's
+        `request_dispatch_class` when first needed."""
+        dispatch = self._request_dispatch
+        if dispatch is None:
+            dispatch = self._request_dispatch = self.request_dispatch_class(self)
+        return dispatch
 
     def _handlers_are_classic(self) -> bool:
         """True when every request is known to run a `def handle()` (no coroutine can come
@@ -452,4 +453,8 @@ class BaseServer(Accepting, RequestLifecycle):
         return f"{type(self).__name__}({self.server_address!r})"
 
     def __repr__(self) -> str:
-        return f"<{self._name()}>"
+        if self._reactor is None:
+            return f"<{self._name()}>"
+        state = "draining" if self.draining else ("accepting" if self._accepting else "paused")
+        return (f"<{self._name()} {state}, {len(self._in_flight)} in flight, "
+                f"{self.request_dispatch!r}>")

@@ -3,11 +3,16 @@
 Every way a request runs goes through here: an entry is opened when the request is accepted
 (`_open_entry`) or when it has work to do before its handler (`_stage_entry`, adopted later by
 `_open_entry`: same id, same age); `_dispatch_request` calls `process_request()` under the
-standard library's error handling; a request ends through `_request_closed` (accounting,
-resuming accepts, the drain check), whether its handler ran inline, as a task
-(`_task_done`), in a thread or a child (`_mark_offloaded`), or never (`_abandon`). Failures are
-reported one way in every mode (`_report_failure`). `BaseServer` inherits this; the mixins
-and the stages call it.
+standard library's error handling, and `process_request()` hands the request to the server's
+dispatch (`servers/dispatch.py`: on the loop, a thread, a child). A request ends through
+`_request_closed` (accounting, resuming accepts, the drain check), whether its handler ran on
+the loop (`_close_entry`, `_end_request`), in a thread or a child (`_mark_offloaded`, then
+`_close_entry`), or never (`_abandon`). Failures are reported one way in every mode
+(`_report_failure`).
+
+The calls a dispatch or a stage makes are these: `_open_entry`, `_mark_offloaded`,
+`_close_entry`, `_end_request`, `_request_closed`, `_report_failure`, `_abandon`,
+`_dispatch_request`; `BaseServer` inherits them.
 """
 
 from __future__ import annotations
@@ -24,12 +29,6 @@ __all__ = ["RequestLifecycle"]
 logger = logging.getLogger("servers")
 
 _FAILED: Final = object()  # what _guarded() returns when the hook raised an Exception
-
-
-def _async_request_done(task: Any) -> None:
-    """Completion callback of every async request (a plain function: no bound method is kept
-    per connection)."""
-    task.entry.server._task_done(task)
 
 
 class RequestLifecycle:
@@ -69,18 +68,6 @@ class RequestLifecycle:
 
         def _name(self) -> str:
             ...
-
-    def _process_inline(self, request: Any, client_address: Any) -> None:
-        """Run a classic handler on the reactor's thread, its entry in the table meanwhile."""
-        entry = self._open_entry(request, client_address)
-        try:
-            entry.stage = Stage.RUNNING
-            self.finish_request(request, client_address)
-            entry.stage = Stage.CLOSING
-            self.shutdown_request(request)
-        finally:
-            self._reactor.close_request(entry)
-            self._request_closed(entry)
 
     def _dispatch_request(self, request: Any, client_address: Any) -> None:
         """`process_request()` under the standard error handling. A staged entry that an
@@ -143,29 +130,20 @@ class RequestLifecycle:
             self._maybe_resume_accepting()
             self._check_drained()
 
+    def _close_entry(self, entry: RequestEntry, reactor: Any) -> None:
+        """End a request's table entry on `reactor` (the one it was opened on: the server may
+        have left it since) and do the server's accounting."""
+        reactor.close_request(entry)
+        self._request_closed(entry)
+
+    def _entries_in_flight(self) -> list[RequestEntry]:
+        """This server's requests in flight, oldest first."""
+        return list(self._in_flight)
+
     def _mark_offloaded(self, entry: RequestEntry, where: str) -> None:
         entry.move_to(Stage.OFFLOADED)
         entry.where = where
         self._offloaded += 1
-
-    def _task_done(self, task: Any) -> None:
-        """An async request ended: report its error the way the standard library would,
-        then shut the request down and release its table row."""
-        entry = task.entry
-        request, client_address = entry.request, entry.client_address
-        try:
-            error = task.error
-            if isinstance(error, Exception):  # not finished, cancelled, or KeyboardInterrupt
-                try:
-                    raise error  # the reporting below reads the exception being handled
-                except Exception:
-                    self._report_failure(request, client_address, handler_is_async=True)
-        finally:
-            task.error = None if isinstance(task.error, Exception) else task.error
-            try:
-                self._end_request(request)
-            finally:
-                self._request_closed(entry)
 
     def _report_failure(self, request: Any, client_address: Any,
                         handler_is_async: bool | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import Any, Callable
 
 from handlers.transport import tls_of
@@ -74,18 +75,13 @@ class Admission:
                 return
         tls = tls_of(entry.request)
         if tls is not None and tls_stage.handshake_pending(tls) and \
-                not server._handshake_in_worker:
-            entry.move_to(Stage.HANDSHAKING)
-            tls_stage.ReactorHandshake(self.reactor, entry, server.ssl_handshake_timeout,
-                                       server._name(), self._after_handshake,
-                                       server._abandon).start()
-            return
-        self._after_handshake(entry)
+                not server.request_dispatch.handshake_in_worker:
+            self._start_handshake()
+        else:
+            self._after_handshake()
 
-    def _after_handshake(self, entry: Any) -> None:
-        if entry.stage is Stage.HANDSHAKING:
-            entry.request.setblocking(True)  # as accept() gives it; async handlers switch
-        if self.server.read_ahead is not None and self.server._can_read_ahead(entry.request):
+    def _after_handshake(self) -> None:
+        if self.server.read_ahead is not None and self.server._can_read_ahead(self.entry.request):
             self._start_read_ahead()
         else:
             self._dispatch()
@@ -162,6 +158,47 @@ class Admission:
         self._timer = None
         self._fail(logging.INFO, "no complete PROXY header within proxy_header_timeout=%ss",
                    self.server.proxy_header_timeout)
+
+    # ------------------------------------------------------------------ TLS handshake
+    def _start_handshake(self) -> None:
+        self.entry.move_to(Stage.HANDSHAKING)
+        self.entry.request.setblocking(False)
+        self._arm(self.server.ssl_handshake_timeout, self._handshake_expired)
+        self._handshake_step()
+
+    def _handshake_step(self) -> None:
+        """One non-blocking step: wait for whatever OpenSSL needs (readable or writable)."""
+        tls = self.entry.request
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._waiting != "read":
+                self._wait("read", self._handshake_step)
+            return
+        except ssl.SSLWantWriteError:
+            if self._waiting != "write":
+                self._wait("write", self._handshake_step)
+            return
+        except (OSError, ValueError) as exc:
+            self._handshake_failed(exc)
+            return
+        self._end_wait()
+        self._disarm()
+        tls.setblocking(True)  # as accept() gives it; async handlers switch it back
+        self._after_handshake()
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        self._handshake_failed(TimeoutError("the handshake did not complete"))
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if self.entry.stage is Stage.CLOSED:  # see _close()
+            self._timer = None
+            self._waiting = ""
+            return
+        tls_stage.log_handshake_failure(self.server._name(), self.entry.client_address, exc,
+                                        self.server.ssl_handshake_timeout)
+        self._close()
 
     # ------------------------------------------------------------------ read-ahead
     def _start_read_ahead(self) -> None:
@@ -253,19 +290,24 @@ class Admission:
 
     def _fail(self, level: int, message: str, *args: Any) -> None:
         """End the connection alone, with one log line naming the server and the peer."""
-        if self.entry.stage is Stage.CLOSED:
-            # Ended already without us (a drain past shutdown_timeout abandons staged
-            # entries): only our timer can still fire. Its descriptor number may belong to
-            # another connection by now, and the server may have left the reactor: touch
-            # nothing, log nothing.
+        if self.entry.stage is Stage.CLOSED:  # see _close()
             self._timer = None
             self._waiting = ""
             return
+        logger.log(level, "%s: closing connection from %s: " + message, self.server._name(),
+                   self.entry.client_address, *args)
+        self._close()
+
+    def _close(self) -> None:
+        """End the connection without running its handler (its failure is logged already).
+
+        Callers check first that the entry is not CLOSED already: a drain past
+        `shutdown_timeout` abandons staged entries without us, and then only our timer can
+        still fire. Its descriptor number may belong to another connection by now, and the
+        server may have left the reactor: nothing may be touched or logged."""
         self._end_wait()
         self._disarm()
         entry = self.entry
-        logger.log(level, "%s: closing connection from %s: " + message, self.server._name(),
-                   entry.client_address, *args)
         if entry.stage is Stage.ACCEPTED:
             entry.move_to(Stage.CLOSING)
         self.server._abandon(entry)

@@ -19,7 +19,6 @@ import ssl
 from typing import Any, Callable
 
 from handlers.transport import SocketTransport, TLSTransport, Transport, tls_of
-from reactor import Stage
 
 from . import tls as tls_stage
 from .base import BaseServer
@@ -68,9 +67,6 @@ class TCPServer(BaseServer):
     tcp_nodelay: bool = True
     ssl_context: ssl.SSLContext | None = None
     ssl_handshake_timeout: float | None = 30.0
-    #: True in the threading/forking combinations: the thread or child completes the
-    #: handshake (its CPU is then not the loop's); a plain server's reactor drives it.
-    _handshake_in_worker = False
     proxy_protocol: str | None = None
     proxy_trusted: Any = DEFAULT_TRUSTED_NETWORKS
     proxy_header_timeout: float | None = 5.0
@@ -246,7 +242,7 @@ class TCPServer(BaseServer):
             return True
         tls = tls_of(request)  # a standard-library recipe wrapped it
         return tls is not None and tls_stage.handshake_pending(tls) and \
-            not self._handshake_in_worker
+            not self.request_dispatch.handshake_in_worker
 
     def proxy_header(self, request: Any) -> ProxyInfo | None:
         """The PROXY protocol header that `request` started with (None without one); the

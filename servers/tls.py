@@ -3,8 +3,8 @@
 A TLS connection starts as a plain accepted socket. The server wraps it (with its
 `ssl_context`, or with the context of a listening socket that a standard-library recipe
 wrapped) without handshaking, so that the handshake never runs inside `accept()` on the loop:
-- on a plain server the reactor drives it without blocking (`ReactorHandshake`), as a stage of
-  the request's table entry, bounded by `ssl_handshake_timeout`;
+- on a plain server the reactor drives it without blocking, as the HANDSHAKING stage of the
+  request's table entry (`servers/stages.py`), bounded by `ssl_handshake_timeout`;
 - with the mixins the thread or child completes it (`complete_handshake`), bounded the same.
 Either way the handler then gets a blocking (or, for async handlers on the reactor, a
 non-blocking) `ssl.SSLSocket`, and a failed or stalled handshake ends that connection alone
@@ -17,12 +17,11 @@ import errno
 import logging
 import socket
 import ssl
-from typing import Any, Callable
+from typing import Any
 
-from reactor import Stage
 
-__all__ = ["wrap_accepted", "handshake_pending", "complete_handshake", "ReactorHandshake",
-           "send_close_notify", "log_handshake_failure"]
+__all__ = ["wrap_accepted", "handshake_pending", "complete_handshake", "send_close_notify",
+           "log_handshake_failure"]
 
 logger = logging.getLogger("servers")
 
@@ -57,80 +56,6 @@ def complete_handshake(tls: ssl.SSLSocket, timeout: float | None, server_name: s
         except OSError:
             pass  # closed meanwhile; the caller shuts it down
     return True
-
-
-class ReactorHandshake:
-    """Drives one non-blocking handshake on a reactor: waits for whatever OpenSSL needs
-    (readable or writable), never blocks, and ends in `on_done(entry)` (success) or
-    `on_failed(entry)` (after one log line) — or when `ssl_handshake_timeout` passes."""
-
-    __slots__ = ("reactor", "entry", "timeout", "server_name", "on_done", "on_failed",
-                 "timer", "_waiting_for")
-
-    def __init__(self, reactor: Any, entry: Any, timeout: float | None, server_name: str,
-                 on_done: Callable[[Any], None], on_failed: Callable[[Any], None]) -> None:
-        self.reactor = reactor
-        self.entry = entry
-        self.timeout = timeout
-        self.server_name = server_name
-        self.on_done = on_done
-        self.on_failed = on_failed
-        self.timer: Any = None
-        self._waiting_for = ""
-
-    def start(self) -> None:
-        self.entry.request.setblocking(False)
-        if self.timeout is not None:
-            self.timer = self.reactor.call_later(self.timeout, self._expired)
-        self.step()
-
-    def step(self) -> None:
-        entry = self.entry
-        try:
-            entry.request.do_handshake()
-        except ssl.SSLWantReadError:
-            self._wait("read")
-            return
-        except ssl.SSLWantWriteError:
-            self._wait("write")
-            return
-        except (OSError, ValueError) as exc:
-            self._end()
-            log_handshake_failure(self.server_name, entry.client_address, exc, self.timeout)
-            self.on_failed(entry)
-            return
-        self._end()
-        self.on_done(entry)
-
-    def _wait(self, what: str) -> None:
-        if what == self._waiting_for:
-            return  # still registered for it
-        reactor, fd = self.reactor, self.entry.fd
-        reactor.forget(fd)
-        if what == "read":
-            reactor.add_reader(fd, self.step)
-        else:
-            reactor.add_writer(fd, self.step)
-        self._waiting_for = what
-
-    def _end(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self._waiting_for:
-            self.reactor.forget(self.entry.fd)
-            self._waiting_for = ""
-
-    def _expired(self) -> None:
-        self.timer = None
-        if self.entry.stage is not Stage.HANDSHAKING:
-            # The request was ended meanwhile (cancelled by a drain at shutdown): its socket
-            # is closed, and its descriptor number may belong to another connection now.
-            return
-        self._end()
-        log_handshake_failure(self.server_name, self.entry.client_address,
-                              TimeoutError("the handshake did not complete"), self.timeout)
-        self.on_failed(self.entry)
 
 
 def send_close_notify(tls: ssl.SSLSocket) -> None:

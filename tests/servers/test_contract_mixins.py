@@ -159,13 +159,13 @@ def test_threading_server_keeps_no_finished_threads() -> None:
             with connect(server.server_address) as client:
                 server.handle_request()
                 client.recv(1)
-        assert len(server._threads) < 10
+        assert server.request_dispatch.joinable < 10
         for thread in ran:
             thread.join()
         # One more turn of the loop handles the threads' completion notices.
         server.timeout = 0.01
         server.handle_request()
-        assert len(server._threads) == 0
+        assert server.request_dispatch.joinable == 0
         assert len(ran) == 10
 
 
@@ -176,7 +176,7 @@ def test_threading_server_under_serve_forever_keeps_no_finished_threads(serving:
             with connect(server.server_address) as client:
                 client.sendall(b"%d\n" % n)
                 assert recv_line(client) == b"%d\n" % n
-        assert len(server._threads) < 10
+        assert server.request_dispatch.joinable < 10
 
 
 @pytest.mark.threads

@@ -138,8 +138,8 @@ def test_threads_never_exceed_max_threads_and_accepting_resumes(style: str) -> N
         with gate.cond:
             assert gate.cond.wait_for(lambda: gate.running == 3, 10)
         for _ in range(3):  # several loop turns with 7 connections waiting in the backlog
-            state = on_loop(server, lambda: (server._thread_count, listening(server),
-                                             len(server._reactor.requests)))
+            state = on_loop(server, lambda: (server.request_dispatch.running, listening(server),
+                                             len(server.reactor.requests)))
             assert state == (3, False, 3)
         assert gate.started == 3
         for i, sock in enumerate(clients):
@@ -148,7 +148,7 @@ def test_threads_never_exceed_max_threads_and_accepting_resumes(style: str) -> N
             assert sock.recv(100) == b"line %d\n" % i
             sock.close()
         for _ in range(500):  # each probe is one loop turn; threads report their end
-            state = on_loop(server, lambda: (listening(server), len(server._reactor.requests)))
+            state = on_loop(server, lambda: (listening(server), len(server.reactor.requests)))
             if state == (True, 0):
                 break
         assert state == (True, 0)
@@ -201,6 +201,9 @@ def test_children_never_exceed_max_children_and_accepting_resumes() -> None:
                 r.run_once(0.01)
                 assert len(server.active_children) == 2 and len(r.requests) == 2
                 assert not listening(server, r)
+                dispatch = server.request_dispatch
+                assert (dispatch.kind, dispatch.running, dispatch.has_room()) == (
+                    "child", 2, False)
             proc.send("go")
             peak_children = peak_kernel = 0
             for _ in range(3000):
@@ -281,16 +284,22 @@ EMFILE_SERVER = textwrap.dedent("""
             async for line in self.rfile:
                 self.wfile.write(b"pong " + line)
 
+    failed = []
+
     class Server(servers.TCPServer):
         request_queue_size = 64
         accept_backoff = 0.05
 
+        def get_request(self):
+            try:
+                return super().get_request()
+            except OSError as exc:
+                failed.append(exc.errno)
+                raise
+
     r = reactor.Reactor()
     server = Server(("127.0.0.1", 0), Echo)
     r.register(server)
-    failed = []
-    original = server._accept_failed
-    server._accept_failed = lambda exc: (failed.append(exc.errno), original(exc))
     turns = [0]
     run_once = r.run_once
     def counted(timeout=None):

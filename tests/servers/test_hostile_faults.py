@@ -146,7 +146,7 @@ def test_reset_mid_request_goes_to_handle_error_and_the_next_client_is_served(
             next_client.sendall(b"next\n")
             assert next_client.recv(100) == b"next\n"
         for _ in range(500):  # the victim's handler may still be ending in its thread
-            if on_loop(server, lambda: len(server._reactor.requests)) <= 1 and server.errors:
+            if on_loop(server, lambda: len(server.reactor.requests)) <= 1 and server.errors:
                 break
     assert server.errors == [(address, ConnectionResetError)]
 
@@ -166,7 +166,7 @@ def test_async_handler_in_a_thread_logs_a_reset_as_on_the_reactor(
             next_client.sendall(b"next\n")
             assert next_client.recv(100) == b"next\n"
         for _ in range(500):  # the victim's handler may still be ending in its thread
-            if on_loop(server, lambda: len(server._reactor.requests)) == 0:
+            if on_loop(server, lambda: len(server.reactor.requests)) == 0:
                 break
     assert server.errors == []  # a client's reset is not a server error
     ended = [rec.getMessage() for rec in server_records(caplog, logging.INFO)]
@@ -231,9 +231,9 @@ def test_threading_client_vanishing_mid_response(handler: type, how: str) -> Non
         address = vanishing.getsockname()
         (reset if how == "reset" else socket.socket.close)(vanishing)
         for _ in range(1000):  # one probe per loop turn, until the thread has finished
-            if on_loop(server, lambda: len(server._reactor.requests)) == 0:
+            if on_loop(server, lambda: len(server.reactor.requests)) == 0:
                 break
-        assert on_loop(server, lambda: len(server._reactor.requests)) == 0
+        assert on_loop(server, lambda: len(server.reactor.requests)) == 0
         with client(server.server_address) as next_client:  # served, then vanishes too
             next_client.sendall(b"go\n")
             assert len(next_client.recv(100)) > 0

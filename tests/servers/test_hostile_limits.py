@@ -511,7 +511,7 @@ def test_read_ahead_entries_count_against_max_connections() -> None:
         late.sendall(b"late\n")
         for _ in range(20):
             r.run_once(0.005)
-        assert len(r.requests) == 2 and server.fileno() not in r._interest
+        assert len(r.requests) == 2 and r.watched_for(server.fileno()) == ""
         held[0].sendall(b"first\n")
         reply = Reply(held[0])
         pump(r, reply.ended)

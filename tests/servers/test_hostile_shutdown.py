@@ -73,10 +73,10 @@ def test_shutdown_from_another_thread_delivers_every_accepted_request() -> None:
         stopper = threading.Thread(target=server.shutdown, name="stopper")
         stopper.start()
         for _ in range(1000):
-            state = on_loop(server, lambda: (server._drain_state, listening(server)))
-            if state[0] is not None:
+            state = on_loop(server, lambda: (server.draining, listening(server)))
+            if state[0]:
                 break
-        assert state == ("draining", False), state
+        assert state == (True, False), state
         late = client(server.server_address)  # the kernel queues it; the server must not
         late.sendall(b"late\n")
 
@@ -117,7 +117,7 @@ def test_shutdown_timeout_cancels_stragglers_and_their_finally_runs(
             sock.sendall(b"begun")  # every request is mid-line
         pump(r, lambda: len(r.requests) == good_count + straggler_count)
         r.shutdown()  # the loop is not running: begins on the next turn
-        pump(r, lambda: server._drain_state == "draining")
+        pump(r, lambda: server.draining)
         assert not listening(server, r)
         for i, sock in enumerate(good):
             sock.sendall(b" %d\n" % i)
@@ -168,7 +168,7 @@ def test_threading_shutdown_under_load_loses_nothing_and_joins_every_thread(
         for i, sock in enumerate(socks):
             sock.sendall(b"part-%d" % i)
         for _ in range(1000):
-            if on_loop(server, lambda: server._thread_count) == count:
+            if on_loop(server, lambda: server.request_dispatch.running) == count:
                 break
         server.shutdown()  # returns once the loop stopped; the threads keep their requests
         thread.join()

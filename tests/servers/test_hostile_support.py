@@ -193,15 +193,17 @@ def on_loop(server: Any, fn: Callable[[], Any]) -> Any:
         finally:
             done.set()
 
-    server._reactor.call_soon_threadsafe(run)
+    server.reactor.call_soon_threadsafe(run)
     assert done.wait(10), "the loop did not run the probe"
     return box[0]
 
 
 def listening(server: Any, r: reactor.Reactor | None = None) -> bool:
     """Whether the reactor watches the server's listening descriptor (is accepting)."""
-    r = r or server._reactor
-    return r._interest.reader_of(server.fileno()) is not None
+    r = r or server.reactor
+    listening = "read" in r.watched_for(server.fileno())
+    assert listening == server.accepting, (server, r.watched_for(server.fileno()))
+    return listening
 
 
 class TrackingBuffer(ReceiveBuffer):

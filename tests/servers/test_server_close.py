@@ -204,7 +204,7 @@ def test_server_close_from_another_thread_leaves_the_other_servers_of_a_shared_r
             assert recv_line(other) == b"other\n"
         # no registration is left on the closed listener's descriptor: nothing to spin on
         assert loop.call_and_wait(lambda: None)
-        assert leaving_fd not in loop._selector.get_map()
+        assert loop.watched_for(leaving_fd) == ""
         loop.shutdown()
         serving.join()
         stays.server_close()
@@ -237,7 +237,7 @@ def test_a_busy_shared_loop_cannot_reuse_the_closed_listeners_descriptor_number(
         release.set()
         assert loop.call_and_wait(lambda: None)  # after the loop's queued release
         assert loop.servers == (busy,) and leaves.reactor is None
-        assert number not in loop._selector.get_map()
+        assert loop.watched_for(number) == ""
         loop.shutdown()
         serving.join()
         stuck_client.close()
