@@ -68,6 +68,12 @@ class TimerQueue:
         """Timers still pending (cancelled ones excluded)."""
         return len(self._heap) - self._cancelled
 
+    @property
+    def held(self) -> int:
+        """Timers the queue holds in memory: the pending ones plus cancelled ones not yet
+        discarded (cancelling is O(1); the heap is compacted once most of it is cancelled)."""
+        return len(self._heap)
+
     def schedule(self, deadline: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Arrange for `callback(*args)` to be returned by `pop_due()` once `deadline` passes."""
         handle = TimerHandle(deadline, callback, args, self)

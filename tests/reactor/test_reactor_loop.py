@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import SELECTOR_CLASSES
@@ -228,20 +229,35 @@ def test_a_due_timer_makes_run_once_none_return_at_once(fake_loop: Reactor,
     assert log == ["due"]
 
 
-def test_sleep_budget_is_bounded_by_the_next_timer_and_capped(fake_loop: Reactor,
-                                                              clock: FakeClock) -> None:
+class RecordingSelector(selectors.DefaultSelector):
+    """A real selector that records how long each turn would wait, and never waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        self.waits.append(timeout)
+        return super().select(0)
+
+
+def test_a_turn_waits_until_the_next_timer_at_most_and_never_past_the_cap(
+        clock: FakeClock) -> None:
     from reactor.loop import MAX_SLEEP_SECONDS
-    assert fake_loop._sleep_budget(None) is None
-    assert fake_loop._sleep_budget(7.0) == 7.0
-    assert fake_loop._sleep_budget(-1.0) == 0.0
-    handle = fake_loop.call_later(3, lambda: None)
-    assert fake_loop._sleep_budget(None) == 3.0
-    assert fake_loop._sleep_budget(1.0) == 1.0
-    handle.cancel()
-    fake_loop.call_later(10 * MAX_SLEEP_SECONDS, lambda: None)
-    assert fake_loop._sleep_budget(None) == MAX_SLEEP_SECONDS
-    fake_loop.call_soon(lambda: None)
-    assert fake_loop._sleep_budget(None) == 0.0
+    selector = RecordingSelector()
+    with Reactor(selector, clock=clock) as r:
+        r.run_once(None)
+        r.run_once(7.0)
+        r.run_once(-1.0)
+        handle = r.call_later(3, lambda: None)
+        r.run_once(None)
+        r.run_once(1.0)
+        handle.cancel()
+        r.call_later(10 * MAX_SLEEP_SECONDS, lambda: None)
+        r.run_once(None)
+        r.call_soon(lambda: None)
+        r.run_once(None)
+    assert selector.waits == [None, 7.0, 0.0, 3.0, 1.0, MAX_SLEEP_SECONDS, 0.0]
 
 
 def test_real_clock_timer_with_zero_delay_runs_on_the_next_turn(loop: Reactor) -> None:

@@ -81,9 +81,9 @@ def test_cancel_is_lazy_the_heap_keeps_the_entry_until_it_surfaces() -> None:
     first = queue.schedule(1.0, noop)
     queue.schedule(2.0, noop)
     first.cancel()
-    assert len(queue._heap) == 2  # O(1) cancel: nothing removed yet
+    assert queue.held == 2  # O(1) cancel: nothing removed yet
     assert queue.next_deadline() == 2.0  # skips (and discards) the cancelled head
-    assert len(queue._heap) == 1
+    assert queue.held == 1
     assert len(queue) == 1
 
 
@@ -128,9 +128,8 @@ def test_many_cancelled_timers_trigger_compaction() -> None:
         handle.cancel()
     # More than half the heap was cancelled: it was rebuilt without them (the few cancelled
     # since the last rebuild stay until the next one).
-    assert len(queue._heap) - queue._cancelled == len(keep)
-    assert queue._cancelled <= _COMPACT_MIN
-    assert len(queue._heap) <= len(keep) + _COMPACT_MIN
+    assert queue.held - len(queue) <= _COMPACT_MIN
+    assert queue.held <= len(keep) + _COMPACT_MIN
     assert len(queue) == len(keep)
     assert queue.pop_due(1e9) == keep
 
@@ -140,7 +139,7 @@ def test_a_few_cancelled_timers_do_not_trigger_compaction() -> None:
     handles = [queue.schedule(float(n), noop) for n in range(_COMPACT_MIN)]
     for handle in handles:
         handle.cancel()
-    assert len(queue._heap) == _COMPACT_MIN  # at most _COMPACT_MIN: tiny heaps stay lazy
+    assert queue.held == _COMPACT_MIN  # at most _COMPACT_MIN: tiny heaps stay lazy
     assert len(queue) == 0
 
 
@@ -150,7 +149,7 @@ def test_compaction_keeps_ordering_and_fifo_ties() -> None:
     other = queue.schedule(3.0, noop)
     for n in range(_COMPACT_MIN * 3):
         queue.schedule(float(n), noop).cancel()
-    assert queue._cancelled < _COMPACT_MIN * 3  # compacted at least once
+    assert queue.held - len(queue) < _COMPACT_MIN * 3  # compacted at least once
     assert queue.pop_due(10.0) == [other, *tied]
 
 
@@ -164,7 +163,7 @@ def test_cancelled_count_stays_consistent_after_compaction() -> None:
         handle.cancel()
     assert len(queue) == 0
     assert queue.next_deadline() is None
-    assert queue._heap == [] and queue._cancelled == 0
+    assert queue.held == 0
 
 
 def test_timer_handle_repr_shows_state_and_deadline() -> None:
