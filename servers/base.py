@@ -453,8 +453,9 @@ class BaseServer(Accepting, RequestLifecycle):
         return f"{type(self).__name__}({self.server_address!r})"
 
     def __repr__(self) -> str:
-        if self._reactor is None:
-            return f"<{self._name()}>"
+        reactor = self._reactor
+        if reactor is None or (reactor.closed or self not in reactor.servers):
+            return f"<{self._name()}>"  # not serving: the rest would say nothing
         state = "draining" if self.draining else ("accepting" if self._accepting else "paused")
         return (f"<{self._name()} {state}, {len(self._in_flight)} in flight, "
                 f"{self.request_dispatch!r}>")

@@ -665,6 +665,7 @@ def test_shutdown_of_a_closed_reactor_is_a_no_op() -> None:
     r = Reactor()
     r.close()
     r.shutdown()
+    assert r.closed and r.servers == () and "closed" in repr(r)
 
 
 def test_context_manager_closes_the_reactor() -> None:
@@ -936,6 +937,7 @@ def test_forget_after_close_is_harmless(pair) -> None:
     r.add_reader(a, lambda: None)
     r.close()
     r.forget(a.fileno())
+    assert r.watched_for(a) == ""
 
 
 def test_unregister_tolerates_a_server_whose_fileno_fails(loop: Reactor, pair) -> None:

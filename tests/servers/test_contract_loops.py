@@ -183,6 +183,8 @@ def test_shutdown_after_the_loop_ended_makes_the_next_serve_forever_return_at_on
         server.stop_at_first_turn = False
         server.shutdown()  # nothing is serving: returns at once, the stop request stays set
         server.serve_forever(poll_interval=60)  # ...so this returns at once
+        assert not server.accepting and not server.draining
+        assert repr(server) == f"<Server({server.server_address!r})>"  # not serving
 
 
 def test_shutdown_from_a_handler_on_the_serving_thread_does_not_deadlock() -> None:
