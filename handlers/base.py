@@ -13,10 +13,12 @@ So a handler written once runs in every mode.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
-import inspect
-from typing import Any, Awaitable, Coroutine, Iterator
+import functools
+import types
+from typing import Any, Awaitable, Coroutine, Final, Iterator, cast
 
 import reactor
 
@@ -82,7 +84,7 @@ class BaseRequestHandler:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.handle_is_async = inspect.iscoroutinefunction(cls.handle)
+        cls.handle_is_async = _is_async_function(cls.handle)
 
     def __init__(self, request: Any, client_address: Address, server: ServerLike) -> None:
         self.request = request
@@ -129,7 +131,26 @@ class BaseRequestHandler:
         """Async handlers: deliver queued output before the server closes the request."""
 
 
+# The code flags that mark an `async def` function and a `@types.coroutine` generator. The
+# module does not import `inspect` for them: its imports (ast, dis, tokenize, ...) would grow
+# every process that imports handlers, and ForkingMixIn copies the process per request.
+_CO_COROUTINE: Final = 0x80
+_CO_ITERABLE_COROUTINE: Final = 0x100
+
+
+def _is_async_function(function: Any) -> bool:
+    """True for an `async def` function (or a partial of one), as
+    `inspect.iscoroutinefunction` answers for a handler's `handle`."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    function = getattr(function, "__func__", function)  # a bound or class method
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
 async def _maybe_await(result: Awaitable[Any] | Any) -> Any:
-    if inspect.isawaitable(result):
-        return await result
+    if isinstance(result, collections.abc.Awaitable) or (
+            isinstance(result, types.GeneratorType)
+            and result.gi_code.co_flags & _CO_ITERABLE_COROUTINE):
+        return await cast("Awaitable[Any]", result)
     return result

@@ -10,33 +10,73 @@ waiting for input) keep one trap object and reuse it, so a suspension allocates 
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
-from typing import Generator, Union
+from typing import Any, Generator, Union
 
 __all__ = ["WaitReadable", "WaitWritable", "Sleep", "Trap", "wait", "sleep", "checkpoint"]
 
 
-@dataclass(frozen=True, slots=True)
-class WaitReadable:
+class _FrozenTrap:
+    """Value semantics for the traps: equal when of the same kind with the same fields,
+    hashable, immutable. (Written by hand rather than with `dataclasses`, whose import costs
+    every process that imports the reactor a few hundred kilobytes.)"""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; make a new one")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class WaitReadable(_FrozenTrap):
     """Suspend until `fd` is readable; `timeout` seconds (None: no limit) then TimeoutError."""
 
+    __slots__ = ("fd", "timeout")
+    _fields = __slots__
     fd: int
-    timeout: float | None = None
+    timeout: float | None
+
+    def __init__(self, fd: int, timeout: float | None = None) -> None:
+        object.__setattr__(self, "fd", fd)
+        object.__setattr__(self, "timeout", timeout)
 
 
-@dataclass(frozen=True, slots=True)
-class WaitWritable:
+class WaitWritable(_FrozenTrap):
     """Suspend until `fd` is writable; `timeout` seconds (None: no limit) then TimeoutError."""
 
+    __slots__ = ("fd", "timeout")
+    _fields = __slots__
     fd: int
-    timeout: float | None = None
+    timeout: float | None
+
+    def __init__(self, fd: int, timeout: float | None = None) -> None:
+        object.__setattr__(self, "fd", fd)
+        object.__setattr__(self, "timeout", timeout)
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
+class Sleep(_FrozenTrap):
     """Suspend for `seconds` (0 just lets every other runnable request go first)."""
 
+    __slots__ = ("seconds",)
+    _fields = __slots__
     seconds: float
+
+    def __init__(self, seconds: float) -> None:
+        object.__setattr__(self, "seconds", seconds)
 
 
 Trap = Union[WaitReadable, WaitWritable, Sleep]

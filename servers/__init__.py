@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 
 from .base import BaseServer
 from .mixins import ForkingMixIn, ThreadingMixIn
-from .systemd import listen_fds
 from .tcp import TCPServer, UnixStreamServer
 from .udp import UDPServer, UnixDatagramServer
 
@@ -40,9 +40,6 @@ if hasattr(os, "fork"):
     class ForkingUDPServer(ForkingMixIn, UDPServer): pass
     class ForkingTCPServer(ForkingMixIn, TCPServer): pass
 
-    # The library's own additions: importable by name, but not in __all__, which lists
-    # exactly the standard module's names (so `from servers import *` stays a drop-in).
-    from .supervisor import Supervisor as Supervisor, WorkerStartError as WorkerStartError
 
 if hasattr(socket, "AF_UNIX"):
     __all__.extend(["UnixStreamServer", "UnixDatagramServer",
@@ -58,6 +55,29 @@ if hasattr(socket, "AF_UNIX"):
         class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer): pass
 else:  # pragma: no cover - platforms without Unix sockets
     del UnixStreamServer, UnixDatagramServer
+
+# The library's own additions: importable by name, but not in __all__, which lists exactly the
+# standard module's names (so `from servers import *` stays a drop-in). They are loaded on
+# first use: a program that never asks for them does not pay for their imports (each module
+# in the process is memory that every os.fork() copies, which ForkingMixIn does per request).
+if TYPE_CHECKING:
+    from .supervisor import Supervisor as Supervisor, WorkerStartError as WorkerStartError
+    from .systemd import listen_fds as listen_fds
+else:
+    _LAZY = ("Supervisor", "WorkerStartError", "listen_fds") if hasattr(os, "fork") else (
+        "listen_fds",)
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
+    def __getattr__(name: str) -> object:
+        if name in ("Supervisor", "WorkerStartError") and hasattr(os, "fork"):
+            from . import supervisor
+            return getattr(supervisor, name)
+        if name == "listen_fds":
+            from .systemd import listen_fds
+            return listen_fds
+        raise AttributeError(f"module 'servers' has no attribute {name!r}")
 
 if not hasattr(os, "fork"):  # pragma: no cover - platforms without fork
     del ForkingMixIn  # the standard module defines it only where os.fork exists

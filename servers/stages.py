@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
-from typing import Any, Callable
+import sys
+from typing import TYPE_CHECKING, Any, Callable
 
 from handlers.transport import tls_of
 from reactor import Stage
 
-from . import proxy as proxy_protocol
 from . import tls as tls_stage
+
+if TYPE_CHECKING:
+    from . import proxy as proxy_protocol
 
 __all__ = ["Admission"]
 
 logger = logging.getLogger("servers")
 
-_V1_AND_V2_MAX = proxy_protocol.V1_MAX_LINE_BYTES
 
 
 class Admission:
@@ -112,8 +113,10 @@ class Admission:
     def _read_proxy_header(self) -> None:
         """Peek, parse, and consume exactly what belongs to the header: the bytes after it
         stay in the socket for TLS or the handler."""
+        from . import proxy as proxy_protocol  # loaded once: only PROXY servers need it
         server, sock = self.server, self.entry.request
-        wanted = max(server.proxy_header_max_size, _V1_AND_V2_MAX) - len(self._header)
+        wanted = max(server.proxy_header_max_size, proxy_protocol.V1_MAX_LINE_BYTES) - \
+            len(self._header)
         try:
             peeked = sock.recv(wanted, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -169,6 +172,7 @@ class Admission:
     def _handshake_step(self) -> None:
         """One non-blocking step: wait for whatever OpenSSL needs (readable or writable)."""
         tls = self.entry.request
+        ssl = sys.modules["ssl"]  # loaded: a TLS socket exists
         try:
             tls.do_handshake()
         except ssl.SSLWantReadError:

@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 from handlers.transport import SocketTransport, TLSTransport, Transport, tls_of
 
 from . import tls as tls_stage
 from .base import BaseServer
-from .proxy import (ACCEPT_VALUES, DEFAULT_TRUSTED_NETWORKS, V2_PREFIX_BYTES, ProxyInfo,
-                    ProxyTrust)
 from .stages import Admission
 from .unix import bind_unix, remove_if_ours
 
+if TYPE_CHECKING:
+    # Only a program that uses TLS imports ssl, and only one that uses the PROXY protocol
+    # imports its parser (servers.proxy): a smaller process forks faster (ForkingMixIn).
+    import ssl
+
+    from .proxy import ProxyInfo, ProxyTrust
+
 __all__ = ["TCPServer", "UnixStreamServer"]
+
+
+# = servers.proxy.DEFAULT_TRUSTED_NETWORKS, which this module does not import (see above)
+_DEFAULT_TRUSTED: Final = ("127.0.0.0/8", "::1/128")
 
 
 class TCPServer(BaseServer):
@@ -68,7 +76,7 @@ class TCPServer(BaseServer):
     ssl_context: ssl.SSLContext | None = None
     ssl_handshake_timeout: float | None = 30.0
     proxy_protocol: str | None = None
-    proxy_trusted: Any = DEFAULT_TRUSTED_NETWORKS
+    proxy_trusted: Any = _DEFAULT_TRUSTED
     proxy_header_timeout: float | None = 5.0
     proxy_header_max_size: int = 4096
     _proxy_headers: dict[Any, ProxyInfo] | None = None  # request -> its PROXY header
@@ -189,14 +197,9 @@ class TCPServer(BaseServer):
     _listener_nonblocking = False
 
     def _prepare_listener(self) -> None:
-        if self.proxy_protocol not in (None, *ACCEPT_VALUES):
-            raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'any', not "
-                             f"{self.proxy_protocol!r}")
-        self._proxy_trust()  # a malformed proxy_trusted network fails now, not per connection
-        size = self.proxy_header_max_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < V2_PREFIX_BYTES:
-            raise ValueError(f"proxy_header_max_size must be an int of at least "
-                             f"{V2_PREFIX_BYTES} (a v2 header's fixed prefix), not {size!r}")
+        if self.proxy_protocol is not None or self.proxy_trusted is not _DEFAULT_TRUSTED or \
+                self.proxy_header_max_size != TCPServer.proxy_header_max_size:
+            self._check_proxy_settings()
         if self.socket.gettimeout() is None:
             os.set_blocking(self.socket.fileno(), False)
             self._listener_nonblocking = True
@@ -254,10 +257,23 @@ class TCPServer(BaseServer):
             self._proxy_headers = {}
         self._proxy_headers[request] = info
 
+    def _check_proxy_settings(self) -> None:
+        from . import proxy
+        if self.proxy_protocol not in (None, *proxy.ACCEPT_VALUES):
+            raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'any', not "
+                             f"{self.proxy_protocol!r}")
+        self._proxy_trust()  # a malformed proxy_trusted network fails now, not per connection
+        size = self.proxy_header_max_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < proxy.V2_PREFIX_BYTES:
+            raise ValueError(f"proxy_header_max_size must be an int of at least "
+                             f"{proxy.V2_PREFIX_BYTES} (a v2 header's fixed prefix), not "
+                             f"{size!r}")
+
     def _proxy_trust(self) -> ProxyTrust:
         networks = self.proxy_trusted
         cached = self._trust_cache
         if cached is None or cached[0] is not networks:
+            from .proxy import ProxyTrust
             cached = self._trust_cache = (networks, ProxyTrust(networks))
         return cached[1]
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import ssl
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the functions here run only once a TLS socket exists: ssl is loaded then
+    import ssl
 
 
 __all__ = ["wrap_accepted", "handshake_pending", "complete_handshake", "send_close_notify",
@@ -75,7 +78,8 @@ def log_handshake_failure(server_name: str, client_address: Any, exc: BaseExcept
             errno.ETIMEDOUT,)):
         logger.info("%s: TLS handshake with %s did not complete within "
                     "ssl_handshake_timeout=%ss; closing", server_name, client_address, timeout)
-    elif isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+    elif isinstance(exc, sys.modules["ssl"].SSLError) and \
+            not isinstance(exc, sys.modules["ssl"].SSLEOFError):
         logger.warning("%s: TLS handshake with %s failed: %s", server_name, client_address,
                        getattr(exc, "reason", None) or exc)
     else:

@@ -7,13 +7,14 @@ receives with MSG_DONTWAIT, so it can take a batch of datagrams per readiness ev
 
 from __future__ import annotations
 
-import inspect
 import socket
-import ssl
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .tcp import TCPServer
 from .unix import bind_unix, remove_if_ours
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["UDPServer", "UnixDatagramServer"]
 
@@ -34,7 +35,8 @@ class UDPServer(TCPServer):
 
     def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any],
                  bind_and_activate: bool = True) -> None:
-        declared = inspect.getattr_static(type(self), "ssl_context")
+        declared = next(vars(klass)["ssl_context"] for klass in type(self).__mro__
+                        if "ssl_context" in vars(klass))  # as set on the class, not computed
         if not isinstance(declared, property) and declared is not None:
             _refuse_tls(type(self).__name__)
         TCPServer.__init__(self, server_address, RequestHandlerClass, bind_and_activate)
