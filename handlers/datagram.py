@@ -8,6 +8,7 @@ socket's send buffer is full the datagram is dropped and logged, as UDP allows.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import socket
@@ -39,6 +40,20 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.packet, self.socket = self.request
         self.rfile = io.BytesIO(self.packet)
         self.wfile = io.BytesIO()
+
+    async def _lifecycle(self) -> None:
+        # BaseRequestHandler's sequence, without a coroutine per def setup()/finish() (a
+        # datagram server runs it once per datagram), and without waiting for queued output:
+        # a datagram handler has none, its reply leaves in finish().
+        started = self.setup()
+        if started is not None and inspect.isawaitable(started):
+            await started
+        try:
+            await self.handle()
+        finally:
+            ended = self.finish()
+            if ended is not None and inspect.isawaitable(ended):
+                await ended
 
     def finish(self) -> Any:
         reply = self.wfile.getvalue()
