@@ -131,7 +131,8 @@ class UDPServer(TCPServer):
         shutdown = None if (cls.shutdown_request is UDPServer.shutdown_request and
                             cls.close_request is UDPServer.close_request) \
             else self.shutdown_request
-        finish_request = self.finish_request
+        handler_class = self.RequestHandlerClass
+        construct = cls.finish_request is BaseServer.finish_request  # skip a frame: the same call
         for _ in range(self.accept_batch):
             try:
                 data, client_address = receive(size, socket.MSG_DONTWAIT)
@@ -152,30 +153,29 @@ class UDPServer(TCPServer):
                         return
                     continue
             try:
-                if slot is None:
-                    finish_request(request, client_address)  # the classic handler runs
-                else:
+                if slot is not None:
                     slot.coroutine = None
-                    finish_request(request, client_address)  # the handler defers itself
-                    coroutine = slot.coroutine
-                    if coroutine is not None:
-                        try:
-                            # A for loop, not send(): a coroutine that returns without
-                            # suspending then raises no StopIteration (the common case).
-                            for trap in coroutine.__await__():
-                                break
-                            else:
-                                trap = _RETURNED
-                        except Exception:
-                            self._report_failure(request, client_address,
-                                                 handler_is_async=True)
+                if construct:  # a classic handler runs now; an async one defers itself
+                    handler_class(request, client_address, self)
+                else:
+                    self.finish_request(request, client_address)
+                coroutine = None if slot is None else slot.coroutine
+                if coroutine is not None:
+                    try:
+                        # A for loop, not send(): a coroutine that returns without
+                        # suspending then raises no StopIteration (the common case).
+                        for trap in coroutine.__await__():
+                            break
                         else:
-                            if trap is not _RETURNED:
-                                self._continue_as_task(coroutine, trap, request,
-                                                       client_address)
-                                if not self._accepting:
-                                    return
-                                continue  # the task shuts the request down when it ends
+                            trap = _RETURNED
+                    except Exception:
+                        self._report_failure(request, client_address, handler_is_async=True)
+                    else:
+                        if trap is not _RETURNED:
+                            self._continue_as_task(coroutine, trap, request, client_address)
+                            if not self._accepting:
+                                return
+                            continue  # the task shuts the request down when it ends
             except Exception:
                 self.handle_error(request, client_address)
             except BaseException:
