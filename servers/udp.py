@@ -112,7 +112,8 @@ class UDPServer(TCPServer):
                 or self.socket.gettimeout() not in (None, 0.0)):
             TCPServer._on_listener_readable(self)  # the standard route, hook by hook
             return
-        if getattr(self.RequestHandlerClass, "handle_is_async"):
+        if getattr(self.RequestHandlerClass, "handle_is_async") or \
+                cls.finish_request is not BaseServer.finish_request:  # it may make async ones
             with handlers.deferred_start(self._reactor) as slot:
                 self._receive_batch(slot)
         else:
@@ -121,8 +122,9 @@ class UDPServer(TCPServer):
     def _receive_batch(self, slot: handlers.DeferredStart | None) -> None:
         """Receive up to `accept_batch` datagrams and run each one's handler (`slot`: the
         deferral async handlers hand their coroutine to, None for classic handlers). The
-        hooks are called as the standard library calls them; only the default ones that do
-        nothing for a datagram (`verify_request`, `shutdown_request`) are skipped."""
+        hooks are called as the standard library calls them, except the library's own
+        `verify_request` and `shutdown_request` (they do nothing for a datagram) and
+        `finish_request` (the handler class is called directly, as it would call it)."""
         cls = type(self)
         sock = self.socket
         receive = sock.recvfrom

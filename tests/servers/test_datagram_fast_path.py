@@ -326,3 +326,38 @@ def test_keyboard_interrupt_in_a_handler_leaves_the_loop(loop, serve, family) ->
             turn_until(loop, lambda: False)
     assert shut == [b"ctrl-c"]
     assert not loop.requests
+
+
+def test_a_finish_request_that_picks_an_async_handler_runs_it_on_the_reactor(
+        loop, family, gate) -> None:
+    wait_on, release = gate
+
+    class Classic(servers.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"classic")
+
+    class Waiting(servers.DatagramRequestHandler):
+        async def handle(self) -> None:
+            await reactor.wait(reactor.WaitReadable(wait_on.fileno()))
+            self.wfile.write(b"async")
+
+    class Routing(family.server_class):  # type: ignore[name-defined, misc]
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            handler = Waiting if request[0] == b"wait" else self.RequestHandlerClass
+            handler(request, client_address, self)
+
+    server = Routing(family.address(), Classic)
+    try:
+        loop.register(server)
+        with family.client() as client:
+            client.sendto(b"wait", server.server_address)
+            client.sendto(b"now", server.server_address)
+            turn_until(loop, lambda: readable(client))
+            assert client.recv(100) == b"classic"  # the waiting one did not block the loop
+            assert [entry.stage for entry in loop.requests] == [Stage.WAITING]
+            release.send(b"go")
+            turn_until(loop, lambda: readable(client))
+            assert client.recv(100) == b"async"
+        turn_until(loop, lambda: not loop.requests)
+    finally:
+        server.server_close()
