@@ -368,3 +368,42 @@ def test_a_finish_request_that_picks_an_async_handler_runs_it_on_the_reactor(
         turn_until(loop, lambda: not loop.requests)
     finally:
         server.server_close()
+
+
+def test_a_waiting_datagram_that_times_out_ends_like_any_async_request(
+        fake_loop, clock, family, gate, caplog) -> None:
+    wait_on, _ = gate
+
+    class Patient(servers.DatagramRequestHandler):
+        async def handle(self) -> None:
+            self.wfile.write(b"partial")
+            await reactor.wait(reactor.WaitReadable(wait_on.fileno(), timeout=5))
+            self.wfile.write(b" never")  # pragma: no cover - the wait times out
+
+    with family.server_class(family.address(), Patient) as server, family.client() as client:
+        fake_loop.register(server)
+        client.sendto(b"x", server.server_address)
+        turn_until(fake_loop, lambda: len(fake_loop.requests) == 1)
+        with caplog.at_level("INFO", logger="servers"):
+            clock.advance(5)
+            turn_until(fake_loop, lambda: not fake_loop.requests)
+        assert client.recv(100) == b"partial"  # finish() still sends what was written
+        assert any("timed out" in record.getMessage() for record in caplog.records)
+
+
+def test_a_waiting_datagram_still_replies_when_the_reactor_closes(
+        loop, serve, family, gate) -> None:
+    wait_on, _ = gate
+
+    class Waiting(servers.DatagramRequestHandler):
+        async def handle(self) -> None:
+            self.wfile.write(b"so far")
+            await reactor.wait(reactor.WaitReadable(wait_on.fileno()))
+
+    server = serve(Waiting)
+    with family.client() as client:
+        client.sendto(b"x", server.server_address)
+        turn_until(loop, lambda: len(loop.requests) == 1)
+        loop.close()  # closes the task's coroutine: its finally blocks and finish() run
+        assert client.recv(100) == b"so far"
+    assert not loop.requests
