@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -407,3 +408,31 @@ def test_a_waiting_datagram_still_replies_when_the_reactor_closes(
         loop.close()  # closes the task's coroutine: its finally blocks and finish() run
         assert client.recv(100) == b"so far"
     assert not loop.requests
+
+
+def test_errors_in_verify_request_and_classic_handlers_go_to_handle_error(
+        loop, serve, family) -> None:
+    errors: list[tuple[bytes, str]] = []
+
+    class Classic(servers.DatagramRequestHandler):
+        def handle(self) -> None:
+            if self.rfile.read() == b"bad handler":
+                raise ValueError("handler")
+            self.wfile.write(b"ok")
+
+    def verify_request(self: Any, request: Any, client_address: Any) -> bool:
+        if request[0] == b"bad verify":
+            raise ValueError("verify")
+        return True
+
+    def handle_error(self: Any, request: Any, client_address: Any) -> None:
+        errors.append((request[0], str(sys.exc_info()[1])))
+
+    server = serve(Classic, verify_request=verify_request, handle_error=handle_error)
+    with family.client() as client:
+        for data in (b"bad verify", b"bad handler", b"good"):
+            client.sendto(data, server.server_address)
+        turn_until(loop, lambda: server.requests_accepted == 3)
+        assert [client.recv(100), client.recv(100)] == [b"", b"ok"]  # finish() ran anyway
+        assert not readable(client)  # nothing for the refused datagram
+    assert errors == [(b"bad verify", "verify"), (b"bad handler", "handler")]
