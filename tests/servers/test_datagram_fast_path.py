@@ -3,6 +3,7 @@
 An async handler that never waits is answered at receipt and gets no row in the request table;
 one that waits becomes a task with its row until it ends. Real sockets (UDP on loopback and
 Unix datagram sockets), a reactor turned by hand (`run_once`), over every selector class.
+One file for the whole fast path (inline runs, tasks, batches, hooks, faults), hence its length.
 """
 
 from __future__ import annotations
