@@ -148,9 +148,15 @@ def _is_async_function(function: Any) -> bool:
     return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
+def _is_awaitable(value: Any) -> bool:
+    """What `inspect.isawaitable` answers: a coroutine, an object with `__await__`, or a
+    `@types.coroutine` generator."""
+    return isinstance(value, collections.abc.Awaitable) or (
+        isinstance(value, types.GeneratorType)
+        and bool(value.gi_code.co_flags & _CO_ITERABLE_COROUTINE))
+
+
 async def _maybe_await(result: Awaitable[Any] | Any) -> Any:
-    if isinstance(result, collections.abc.Awaitable) or (
-            isinstance(result, types.GeneratorType)
-            and result.gi_code.co_flags & _CO_ITERABLE_COROUTINE):
+    if _is_awaitable(result):
         return await cast("Awaitable[Any]", result)
     return result

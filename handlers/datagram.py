@@ -13,7 +13,7 @@ import logging
 import socket
 from typing import Any
 
-from .base import BaseRequestHandler
+from .base import BaseRequestHandler, _is_awaitable
 
 __all__ = ["DatagramRequestHandler"]
 
@@ -39,6 +39,20 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.packet, self.socket = self.request
         self.rfile = io.BytesIO(self.packet)
         self.wfile = io.BytesIO()
+
+    async def _lifecycle(self) -> None:
+        # BaseRequestHandler's sequence, without a coroutine per def setup()/finish() (a
+        # datagram server runs it once per datagram), and without waiting for queued output:
+        # a datagram handler has none, its reply leaves in finish().
+        started = self.setup()
+        if started is not None and _is_awaitable(started):
+            await started
+        try:
+            await self.handle()
+        finally:
+            ended = self.finish()
+            if ended is not None and _is_awaitable(ended):
+                await ended
 
     def finish(self) -> Any:
         reply = self.wfile.getvalue()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Coroutine
 
 import handlers
 from reactor import RequestEntry, Stage, Task
@@ -98,7 +98,7 @@ class LoopDispatch(Dispatch):
                 server.finish_request(request, client_address)
             if deferred.coroutine is not None:
                 server._prepare_for_reactor(request)
-                reactor.spawn(deferred.coroutine, entry, self._on_task_done, eager=True)
+                self.run_as_task(deferred.coroutine, entry)
                 owned_by_task = True  # the task closes the request and its entry
             else:
                 entry.move_to(Stage.CLOSING)
@@ -106,6 +106,14 @@ class LoopDispatch(Dispatch):
         finally:
             if not owned_by_task:
                 server._close_entry(entry, reactor)
+
+    def run_as_task(self, coroutine: Coroutine[Any, Any, Any], entry: RequestEntry) -> None:
+        """Run an async request's coroutine as a task on the server's reactor, started at
+        once (up to its first suspension); when it ends, its error is reported and the
+        request shut down and closed (see `_task_done`)."""
+        reactor = self.server.reactor
+        assert reactor is not None  # only a server on a reactor has tasks
+        reactor.spawn(coroutine, entry, self._on_task_done, eager=True)
 
     def _run_inline(self, entry: RequestEntry, request: Any, client_address: Any) -> None:
         server = self.server

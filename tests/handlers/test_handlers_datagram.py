@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from handlers import DatagramRequestHandler, deferred_start
-from reactor import Reactor
+from reactor import Reactor, checkpoint
 from reactor.testing import run_until_idle
 
 
@@ -110,6 +110,72 @@ def test_async_handler_on_a_reactor_replies_without_blocking(loop: Reactor, udp)
     assert task.done and task.error is None
     assert client.recv(100) == b"reward"
     assert server.gettimeout() is None  # the shared socket was not switched to non-blocking
+
+
+def test_async_setup_and_finish_are_awaited_in_order(loop: Reactor, udp) -> None:
+    server, client = udp
+    order: list[str] = []
+
+    class Phases(DatagramRequestHandler):
+        async def setup(self) -> None:
+            super().setup()
+            await checkpoint()  # suspends: the rest runs on a later turn
+            order.append("setup")
+
+        async def handle(self) -> None:
+            order.append("handle")
+            self.wfile.write(self.rfile.read() + b"+handled")
+
+        async def finish(self) -> None:
+            await checkpoint()
+            order.append("finish")
+            super().finish()
+
+    client.sendto(b"data", server.getsockname())
+    request, address = receive_request(server)
+    with deferred_start(loop) as slot:
+        Phases(request, address, Server())
+    task = loop.spawn(slot.coroutine)  # type: ignore[arg-type]
+    run_until_idle(loop)
+    assert task.done and task.error is None
+    assert order == ["setup", "handle", "finish"]
+    assert client.recv(100) == b"data+handled"
+
+
+def test_async_handler_whose_setup_raises_skips_handle_and_finish(udp) -> None:
+    server, client = udp
+    calls: list[str] = []
+
+    class BrokenSetup(DatagramRequestHandler):
+        def setup(self) -> None:
+            raise ValueError("no setup")
+
+        async def handle(self) -> None:  # pragma: no cover - must not run
+            calls.append("handle")
+
+        def finish(self) -> None:  # pragma: no cover - must not run
+            calls.append("finish")
+
+    client.sendto(b"x", server.getsockname())
+    request, address = receive_request(server)
+    with pytest.raises(ValueError, match="no setup"):
+        BrokenSetup(request, address, Server())  # off a reactor: run to completion here
+    assert calls == []
+
+
+def test_async_handler_that_raises_still_sends_its_reply(udp) -> None:
+    server, client = udp
+
+    class Partial(DatagramRequestHandler):
+        async def handle(self) -> None:
+            self.wfile.write(b"partial")
+            raise ValueError("broken")
+
+    client.sendto(b"x", server.getsockname())
+    request, address = receive_request(server)
+    with pytest.raises(ValueError, match="broken"):
+        Partial(request, address, Server())
+    assert client.recv(100) == b"partial"
 
 
 def test_rfile_and_wfile_are_in_memory(udp) -> None:
