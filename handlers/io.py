@@ -20,6 +20,7 @@ for readability first then, and try first only after a `recv()` filled its whole
 from __future__ import annotations
 
 import collections
+import collections.abc
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, cast
 
@@ -100,35 +101,20 @@ class AsyncReader:
         """True once the peer has closed its side and every byte has been read."""
         return self._eof and not len(self._buffer)
 
-    async def readline(self, limit: int = -1) -> bytes:
+    def readline(self, limit: int = -1) -> Awaitable[bytes]:
         """One line including its b"\\n"; at most `limit` bytes when `limit` >= 0; the rest of
-        the stream (maybe b"") at EOF."""
+        the stream (maybe b"") at EOF. Await the result: `line = await rfile.readline()`.
+
+        A plain method returning an awaitable (measured: bench idle-c1000, pipe-d16): a line
+        already buffered costs no coroutine of this method, and a connection parked here
+        keeps one small `_LineRead` alive instead of a coroutine frame and a trap generator.
+        """
         buffer = self._buffer
-        started = None if self._timeout is None else self._clock()
-        if not len(buffer) and limit < 0 and self._nonblocking and not self._eof:
-            # Fast path (measured: bench echo-c100): nothing buffered, and the client's next
-            # segment is usually exactly one line, which we hand over without copying.
-            if not self._try_first:
-                await reactor.wait(self._trap)
-            data = self._recv_direct(RECV_SIZE)
-            if data is not None:
-                end = data.find(b"\n")
-                if end == len(data) - 1 and end < buffer.max_line_length:
-                    return data
-                buffer.feed(data)
-        deadline = None
-        while True:
+        if len(buffer):
             line = buffer.take_line(limit)
             if line is not None:
-                return line
-            if self._eof:
-                return buffer.take(-1)
-            if deadline is None and len(buffer):
-                deadline = self._request_deadline()
-            waiting = self._wait_for_input(deadline, started)
-            if waiting is not None:
-                await waiting
-            self._receive(RECV_SIZE)
+                return _ready(line)
+        return _LineRead(self, limit)
 
     async def read(self, size: int = -1) -> bytes:
         """`size` bytes, fewer only at EOF; with `size` < 0, everything until EOF (bounded by
@@ -492,6 +478,82 @@ class AsyncWriter:
             self._stalled = False
             if self._stats is not None:
                 self._stats.count_out(sent)
+
+
+async def _ready(value: bytes) -> bytes:
+    """An awaitable that completes at once with `value` (a native coroutine: no exception)."""
+    return value
+
+
+class _LineRead(collections.abc.Generator[Any, None, bytes]):
+    """One `readline()` in progress, as the iterator its `await` drives: each step tries the
+    buffer and the socket and either completes (StopIteration carrying the line) or yields
+    the trap to wait on. It replaces an `async def` chain (readline -> wait -> trap) whose
+    frames a parked connection would keep alive."""
+
+    __slots__ = ("_reader", "_limit", "_started", "_deadline", "_resumed")
+
+    def __init__(self, reader: AsyncReader, limit: int) -> None:
+        self._reader = reader
+        self._limit = limit
+        self._started = None if reader._timeout is None else reader._clock()
+        self._deadline: float | None = None
+        self._resumed = False
+
+    def __await__(self) -> collections.abc.Generator[Any, None, bytes]:
+        return self
+
+    def __next__(self) -> Any:
+        reader = self._reader
+        buffer = reader._buffer
+        limit = self._limit
+        if self._resumed or (reader._try_first and reader._nonblocking):
+            # Input is likely there: nothing buffered is the common case, and the client's
+            # next segment is usually exactly one line, handed over without copying.
+            self._resumed = False
+            if not len(buffer) and limit < 0 and not reader._eof:
+                data = reader._recv_direct(RECV_SIZE)
+                if data is not None:
+                    end = data.find(b"\n")
+                    if end == len(data) - 1 and end < buffer.max_line_length:
+                        raise StopIteration(data)
+                    buffer.feed(data)
+            else:
+                reader._receive(RECV_SIZE)
+        while True:
+            line = buffer.take_line(limit)
+            if line is not None:
+                raise StopIteration(line)
+            if reader._eof:
+                raise StopIteration(buffer.take(-1))
+            deadline = self._deadline
+            if deadline is None and len(buffer):
+                deadline = self._deadline = reader._request_deadline()
+            started = self._started
+            if not reader._nonblocking:
+                bound = reader._wait_bound(deadline, started)
+                cast(BlockingTransport, reader._transport).settimeout(bound)
+            elif not reader._try_first:
+                self._resumed = True
+                if deadline is None and started is None:
+                    return reader._trap  # the idle trap: nothing allocated per wait
+                return reactor.WaitReadable(reader._trap.fd,
+                                            reader._wait_bound(deadline, started))
+            reader._receive(RECV_SIZE)
+
+    def send(self, value: None) -> Any:
+        return self.__next__()
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """The wait ended in an error (a timeout, a cancellation): say which deadline passed
+        when one of the read call's or the request's did, else raise it as it came."""
+        self._resumed = False
+        exc = typ if val is None else val
+        if isinstance(exc, type):
+            exc = exc()
+        if isinstance(exc, TimeoutError):
+            self._reader._wait_bound(self._deadline, self._started)
+        raise exc.with_traceback(tb) if tb is not None else exc
 
 
 _WaitWritable = reactor.WaitWritable
