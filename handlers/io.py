@@ -261,7 +261,7 @@ class AsyncWriter:
     _fd: int
     _transport: Transport
 
-    __slots__ = ("_transport", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_trap",
+    __slots__ = ("_transport", "_fd", "_reactor", "_nonblocking", "_queue", "_queued", "_timeout",
                  "_flusher", "_error", "_stats", "_corked", "_reader", "_stalled", "high_water",
                  "max_write_buffer", "closed")
 
@@ -280,7 +280,7 @@ class AsyncWriter:
             timeout = _smallest(timeout, transport.timeout)  # the socket's own timeout holds
         self._queue: collections.deque[bytes] | None = None  # created when output must wait
         self._queued = 0
-        self._trap = _WaitWritable(self._fd, timeout)
+        self._timeout = timeout  # a write wait's bound (its trap is made when one waits)
         self._flusher: Any = None
         self._error: BaseException | None = None
         self._stats = stats
@@ -318,7 +318,7 @@ class AsyncWriter:
             return 0
         if not self._nonblocking:
             transport = cast(BlockingTransport, self._transport)
-            transport.settimeout(self._trap.timeout)  # the write timeout, off a reactor
+            transport.settimeout(self._timeout)  # the write timeout, off a reactor
             transport.send(data)
             self._count(size)
             return size
@@ -427,10 +427,11 @@ class AsyncWriter:
     async def _send_queue(self, target: int) -> None:
         self._uncork()
         self._stop_flusher()
+        trap = _WaitWritable(self._fd, self._timeout)
         try:
             while self._queued > target and self._error is None:
                 try:
-                    await reactor.wait(self._trap)
+                    await reactor.wait(trap)
                 except TimeoutError:
                     self._stalled = True
                     raise
