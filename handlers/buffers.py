@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import BufferLimitExceeded, LineTooLong
 
 __all__ = ["ReceiveBuffer"]
+
+_LINES = re.compile(rb"[^\n]*\n")  # one line with its end: findall() splits a batch in C
 
 
 class ReceiveBuffer:
@@ -82,3 +86,20 @@ class ReceiveBuffer:
         out = bytes(data[:end])
         del data[:end]  # type: ignore[union-attr]  # not empty: a bytearray
         return out
+
+    def take_lines(self) -> list[bytes]:
+        """Remove and return every complete line buffered (each with its b"\\n"), in order;
+        [] when no line is complete. One split for them all: the batch API of pipelined
+        protocols (`AsyncReader.readlines_available()`)."""
+        data = self._data
+        end = data.rfind(b"\n") + 1
+        if not end:
+            self._scanned = len(data)
+            return []
+        self._scanned = 0
+        lines = _LINES.findall(data, 0, end)
+        if end >= len(data):
+            self._data = b""
+        else:
+            del data[:end]  # type: ignore[union-attr]  # not empty: a bytearray
+        return lines

@@ -20,9 +20,9 @@ for readability first then, and try first only after a `recv()` filled its whole
 from __future__ import annotations
 
 import collections
-import collections.abc
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, cast
+import types
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Protocol, cast
 
 import reactor
 
@@ -61,7 +61,8 @@ class AsyncReader:
     _transport: Transport
 
     __slots__ = ("_transport", "_buffer", "_trap", "_nonblocking", "_eof", "_try_first",
-                 "_stats", "_timeout", "_idle_timeout", "_request_timeout", "_clock", "closed")
+                 "_stats", "_timeout", "_idle_timeout", "_request_timeout", "_clock", "_batched",
+                 "closed")
 
     def __init__(self, transport: Any, *, timeout: float | None = None,
                  idle_timeout: float | None = None, request_timeout: float | None = None,
@@ -87,6 +88,7 @@ class AsyncReader:
         self._eof = False
         self._try_first = True
         self._stats = stats
+        self._batched = False  # readlines_available() gave several lines: replies follow
         self.closed = False
 
     @property
@@ -106,15 +108,66 @@ class AsyncReader:
         the stream (maybe b"") at EOF. Await the result: `line = await rfile.readline()`.
 
         A plain method returning an awaitable (measured: bench idle-c1000, pipe-d16): a line
-        already buffered costs no coroutine of this method, and a connection parked here
-        keeps one small `_LineRead` alive instead of a coroutine frame and a trap generator.
+        already buffered costs no frame of the waiting logic, and a connection parked here
+        keeps one small generator that yields the reactor's trap itself (the `async def`
+        readline it replaces kept its own frame and a `reactor.wait()` generator).
         """
         buffer = self._buffer
-        if len(buffer):
+        if buffer._data:
             line = buffer.take_line(limit)
             if line is not None:
                 return _ready(line)
-        return _LineRead(self, limit)
+        return _read_line(self, limit, None if self._timeout is None else self._clock())
+
+    def _next_line(self, limit: int, receive: bool) -> bytes | None:
+        """One step of `readline()`: `recv()` first when `receive` (or when input is likely
+        there), then the line, the rest at EOF, or None when it must wait for input."""
+        buffer = self._buffer
+        if receive or (self._try_first and self._nonblocking):
+            if not buffer._data and limit < 0 and not self._eof:
+                # Nothing buffered, and the client's next segment is usually exactly one
+                # line, handed over without copying (measured: bench echo-c100).
+                data = self._recv_direct(RECV_SIZE)
+                if data is not None:
+                    end = data.find(b"\n")
+                    if end == len(data) - 1 and end < buffer.max_line_length:
+                        return data
+                    buffer.feed(data)
+            else:
+                self._receive(RECV_SIZE)
+        if buffer._data:
+            line = buffer.take_line(limit)
+            if line is not None:
+                return line
+        if self._eof:
+            return buffer.take(-1)
+        return None
+
+    async def readlines_available(self) -> list[bytes]:
+        """Every complete line already received (each with its b"\\n"), waiting only when
+        none is: at least one line, or [] at EOF (then a last line without b"\\n" comes
+        alone before it). The batch API of pipelined protocols: one call and one split for
+        all the lines a client sent in one write, where `readline()` costs a call per line.
+        The handler's `timeout`, `idle_timeout`, `request_timeout`, `max_line_length` and
+        `max_buffer_size` apply as to `readline()`.
+
+        Replies written (`wfile.write()`) before the handler next waits leave in one send.
+        """
+        lines = self._buffer.take_lines()
+        if lines:
+            self._batched = True
+            return lines
+        line = await self.readline()
+        if not line:
+            return []
+        if line[-1:] != b"\n":
+            return [line]  # the last bytes before EOF
+        lines = self._buffer.take_lines()
+        if not lines:
+            return [line]
+        lines.insert(0, line)
+        self._batched = True
+        return lines
 
     async def read(self, size: int = -1) -> bytes:
         """`size` bytes, fewer only at EOF; with `size` < 0, everything until EOF (bounded by
@@ -328,10 +381,11 @@ class AsyncWriter:
             self._queued += size
             return size
         reader = self._reader
-        if reader is not None and len(reader._buffer) and not self._queue:
-            # More pipelined requests are already buffered: their replies will follow in
-            # this same step, so collect them and send once when the step ends (measured:
-            # bench pipe-d16).
+        if reader is not None and (len(reader._buffer) or reader._batched) and not self._queue:
+            # More pipelined requests are already buffered (or were taken in one batch):
+            # their replies will follow in this same step, so collect them and send once
+            # when the step ends (measured: bench pipe-d16).
+            reader._batched = False
             self._check_bound(size)  # here, not in _uncork(), where it would escape the loop
             self._corked = [bytes(data)]
             self._queued += size
@@ -482,79 +536,37 @@ class AsyncWriter:
 
 
 async def _ready(value: bytes) -> bytes:
-    """An awaitable that completes at once with `value` (a native coroutine: no exception)."""
+    """An awaitable that completes at once with `value`."""
     return value
 
 
-class _LineRead(collections.abc.Generator[Any, None, bytes]):
-    """One `readline()` in progress, as the iterator its `await` drives: each step tries the
-    buffer and the socket and either completes (StopIteration carrying the line) or yields
-    the trap to wait on. It replaces an `async def` chain (readline -> wait -> trap) whose
-    frames a parked connection would keep alive."""
-
-    __slots__ = ("_reader", "_limit", "_started", "_deadline", "_resumed")
-
-    def __init__(self, reader: AsyncReader, limit: int) -> None:
-        self._reader = reader
-        self._limit = limit
-        self._started = None if reader._timeout is None else reader._clock()
-        self._deadline: float | None = None
-        self._resumed = False
-
-    def __await__(self) -> collections.abc.Generator[Any, None, bytes]:
-        return self
-
-    def __next__(self) -> Any:
-        reader = self._reader
-        buffer = reader._buffer
-        limit = self._limit
-        if self._resumed or (reader._try_first and reader._nonblocking):
-            # Input is likely there: nothing buffered is the common case, and the client's
-            # next segment is usually exactly one line, handed over without copying.
-            self._resumed = False
-            if not len(buffer) and limit < 0 and not reader._eof:
-                data = reader._recv_direct(RECV_SIZE)
-                if data is not None:
-                    end = data.find(b"\n")
-                    if end == len(data) - 1 and end < buffer.max_line_length:
-                        raise StopIteration(data)
-                    buffer.feed(data)
-            else:
-                reader._receive(RECV_SIZE)
-        while True:
-            line = buffer.take_line(limit)
-            if line is not None:
-                raise StopIteration(line)
-            if reader._eof:
-                raise StopIteration(buffer.take(-1))
-            deadline = self._deadline
-            if deadline is None and len(buffer):
-                deadline = self._deadline = reader._request_deadline()
-            started = self._started
-            if not reader._nonblocking:
-                bound = reader._wait_bound(deadline, started)
-                cast(BlockingTransport, reader._transport).settimeout(bound)
-            elif not reader._try_first:
-                self._resumed = True
-                if deadline is None and started is None:
-                    return reader._trap  # the idle trap: nothing allocated per wait
-                return reactor.WaitReadable(reader._trap.fd,
-                                            reader._wait_bound(deadline, started))
-            reader._receive(RECV_SIZE)
-
-    def send(self, value: None) -> Any:
-        return self.__next__()
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        """The wait ended in an error (a timeout, a cancellation): say which deadline passed
-        when one of the read call's or the request's did, else raise it as it came."""
-        self._resumed = False
-        exc = typ if val is None else val
-        if isinstance(exc, type):
-            exc = exc()
-        if isinstance(exc, TimeoutError):
-            self._reader._wait_bound(self._deadline, self._started)
-        raise exc.with_traceback(tb) if tb is not None else exc
+@types.coroutine
+def _read_line(reader: AsyncReader, limit: int,
+               started: float | None) -> Generator[Any, None, bytes]:
+    """`readline()` when the line is not buffered yet. A generator that yields the reactor's
+    trap itself, so that a connection parked here keeps this one small frame alive (every
+    state it needs is a local: no exception, no object per step)."""
+    deadline = None
+    receive = False
+    while True:
+        line = reader._next_line(limit, receive)
+        if line is not None:
+            return line
+        receive = True
+        if deadline is None and reader._buffer._data:
+            deadline = reader._request_deadline()
+        if not reader._nonblocking:
+            cast(BlockingTransport, reader._transport).settimeout(
+                reader._wait_bound(deadline, started))
+        elif not reader._try_first:
+            trap = reader._trap  # the idle trap: nothing allocated per wait
+            if deadline is not None or started is not None:
+                trap = reactor.WaitReadable(trap.fd, reader._wait_bound(deadline, started))
+            try:
+                yield trap
+            except TimeoutError:
+                reader._wait_bound(deadline, started)  # says which deadline passed, if one did
+                raise  # the idle timeout
 
 
 _WaitWritable = reactor.WaitWritable
