@@ -15,6 +15,10 @@ begun; `request_timeout` bounds the rest of a request once its first byte is in.
 Why reads wait before they try: after a short `recv()` the kernel buffer is almost always
 empty, so trying again would cost a failed system call and an exception per request. We wait
 for readability first then, and try first only after a `recv()` filled its whole buffer.
+
+This module is over 400 lines because the reader and the writer share their hot paths (the
+writer corks replies while the reader still holds pipelined requests) and one set of timeout
+rules; split, each half would reach into the other's internals.
 """
 
 from __future__ import annotations
