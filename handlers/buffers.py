@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import BufferLimitExceeded, LineTooLong
 
 __all__ = ["ReceiveBuffer"]
+
+_LINES = re.compile(rb"[^\n]*\n")  # one line with its end: findall() splits a batch in C
 
 
 class ReceiveBuffer:
@@ -17,8 +21,12 @@ class ReceiveBuffer:
 
     __slots__ = ("_data", "_scanned", "max_line_length", "max_size")
 
+    _data: bytes | bytearray
+
     def __init__(self, max_line_length: int, max_size: int) -> None:
-        self._data = bytearray()
+        # b"" (shared, immutable) while empty; a bytearray only while bytes are buffered, so
+        # that an idle connection keeps none (measured: bench idle-c1000).
+        self._data = b""
         self._scanned = 0  # bytes already searched for a newline without finding one
         self.max_line_length = max_line_length
         self.max_size = max_size
@@ -33,18 +41,20 @@ class ReceiveBuffer:
             raise BufferLimitExceeded(
                 f"more than max_buffer_size={self.max_size} bytes buffered from the client; "
                 "read more often or raise the handler's max_buffer_size")
-        self._data += data
+        if self._data:
+            self._data += data  # a bytearray: extended in place
+        else:
+            self._data = bytearray(data)
 
     def take(self, size: int) -> bytes:
         """Remove and return up to `size` bytes (all when `size` < 0)."""
         data = self._data
-        if size < 0 or size >= len(data):
-            out = bytes(data)
-            data.clear()
-        else:
-            out = bytes(data[:size])
-            del data[:size]
         self._scanned = 0
+        if size < 0 or size >= len(data):
+            self._data = b""
+            return bytes(data)
+        out = bytes(data[:size])
+        del data[:size]  # type: ignore[union-attr]  # not empty: a bytearray
         return out
 
     def take_line(self, limit: int = -1) -> bytes | None:
@@ -69,7 +79,27 @@ class ReceiveBuffer:
                     f"no line ending within max_line_length={self.max_line_length} bytes; "
                     "pass readline(limit) or raise the handler's max_line_length")
             return None
-        out = bytes(data[:end])
-        del data[:end]
         self._scanned = 0
+        if end >= len(data):
+            self._data = b""
+            return bytes(data)
+        out = bytes(data[:end])
+        del data[:end]  # type: ignore[union-attr]  # not empty: a bytearray
         return out
+
+    def take_lines(self) -> list[bytes]:
+        """Remove and return every complete line buffered (each with its b"\\n"), in order;
+        [] when no line is complete. One split for them all: the batch API of pipelined
+        protocols (`AsyncReader.readlines_available()`)."""
+        data = self._data
+        end = data.rfind(b"\n") + 1
+        if not end:
+            self._scanned = len(data)
+            return []
+        self._scanned = 0
+        lines = _LINES.findall(data, 0, end)
+        if end >= len(data):
+            self._data = b""
+        else:
+            del data[:end]  # type: ignore[union-attr]  # not empty: a bytearray
+        return lines

@@ -261,7 +261,7 @@ class Reactor(TaskScheduler):
             "requests": len(self._requests),
             # the waker is ours, not the user's (and close() has already forgotten it)
             "descriptors": len(self._interest) - (not self._closed),
-            "timers": len(self._timers),
+            "timers": len(self._timers) + self._pending_deadlines(),
             "callbacks": len(self._ready),
             "servers": len(self._listeners),
         }

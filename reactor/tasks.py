@@ -36,7 +36,7 @@ class Task:
         self.entry = entry
         self.trap: Any = None              # the trap whose interest is registered for us
         self.deadline: float | None = None  # when the current wait times out
-        self.timer: TimerHandle | None = None        # lazy timer enforcing `deadline`
+        self.timer: float | None = None  # when its entry in the loop's deadline heap fires
         self.sleep_timer: TimerHandle | None = None  # set while parked on Sleep
         self.done = False
         self.result: Any = None
@@ -50,6 +50,10 @@ class Task:
         """Resume the task because what it waits for happened (interest table, timers)."""
         if self.parked:
             self._loop._advance(self, None)
+
+    def __lt__(self, other: Task) -> bool:
+        """Order of two tasks whose deadlines are equal in the loop's deadline heap."""
+        return id(self) < id(other)
 
     def step(self, error: BaseException | None) -> Any:
         """Resume the coroutine once; return the trap it parks on, or None when it ended."""

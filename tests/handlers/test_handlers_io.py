@@ -992,3 +992,124 @@ def test_blocking_reader_refuses_to_wait_past_the_request_deadline(blocking_pair
     peer.sendall(b"never finished")
     with pytest.raises(TimeoutError, match="request_timeout=15"):
         run_blocking(rfile.readline())
+
+
+# ------------------------------------------------------------------------ readlines_available
+def test_readlines_available_returns_every_complete_line_and_keeps_the_partial_one(
+        fake_loop: Reactor, pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop)
+
+    async def read() -> list[list[bytes]]:
+        return [await rfile.readlines_available(), await rfile.readlines_available()]
+
+    task = spawn(fake_loop, read())
+    run_until_idle(fake_loop)
+    assert not task.done  # nothing yet: it waits
+    peer.send(b"one\ntwo\r\nth")  # a line end is b"\n" only: b"\r" stays in the line
+    run_until_idle(fake_loop)
+    assert not task.done  # a second call waits for the rest of the third line
+    peer.send(b"ree\nfour")
+    run_until_idle(fake_loop)
+    assert task.result == [[b"one\n", b"two\r\n"], [b"three\n"]]
+    peer.send(b"\n")  # the kept partial line is completed by the next segment
+
+    async def read_one() -> list[bytes]:
+        return await rfile.readlines_available()
+
+    task = spawn(fake_loop, read_one())
+    run_until_idle(fake_loop)
+    assert task.result == [b"four\n"]
+
+
+def test_readlines_available_after_readline_and_at_eof(fake_loop: Reactor, pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop)
+
+    async def read() -> list[Any]:
+        return [await rfile.readline(), await rfile.readlines_available(),
+                await rfile.readlines_available(), await rfile.readlines_available()]
+
+    peer.send(b"a\nb\nc\nunterminated")
+    peer.shutdown(socket.SHUT_WR)
+    task = spawn(fake_loop, read())
+    run_until_idle(fake_loop)
+    assert task.result == [b"a\n", [b"b\n", b"c\n"], [b"unterminated"], []]
+
+
+def test_readlines_available_raises_line_too_long_on_an_endless_line(fake_loop: Reactor,
+                                                                      pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop, max_line_length=100)
+    task = spawn(fake_loop, rfile.readlines_available())
+    peer.send(b"ok\n" + b"x" * 200)
+    run_until_idle(fake_loop)
+    assert task.result == [b"ok\n"]
+    task = spawn(fake_loop, rfile.readlines_available())
+    run_until_idle(fake_loop)
+    assert isinstance(task.error, LineTooLong)
+
+
+def test_readlines_available_times_out_like_readline(fake_loop: Reactor, clock: FakeClock,
+                                                     pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop, timeout=10, request_timeout=None)
+    task = spawn(fake_loop, rfile.readlines_available())
+    run_until_idle(fake_loop)
+    clock.advance(6)
+    peer.send(b"partial")  # not a line: the call goes on waiting, within its 10 s
+    run_until_idle(fake_loop)
+    assert not task.done
+    clock.advance(4.5)
+    run_until_idle(fake_loop)
+    assert isinstance(task.error, TimeoutError) and "timeout=10" in str(task.error)
+
+
+def test_replies_to_a_batch_of_lines_leave_in_one_send(fake_loop: Reactor, pair) -> None:
+    ours, peer = pair
+    rfile = make_reader(ours, fake_loop)
+    wfile = AsyncWriter(ours, reactor=fake_loop, reader=rfile)
+    seen_during_step: list[bytes] = []
+
+    async def serve() -> None:
+        for line in await rfile.readlines_available():
+            wfile.write(line.upper())  # one write per line, as a readline() handler does
+            seen_during_step.append(drain_peer(peer))
+        await reactor.checkpoint()
+
+    peer.send(b"a\nb\nc\n")
+    task = spawn(fake_loop, serve())
+    run_until_idle(fake_loop)
+    assert task.done and task.error is None
+    assert seen_during_step == [b"", b"", b""]  # corked until the handler waited
+    assert drain_peer(peer) == b"A\nB\nC\n"
+
+
+def test_readlines_available_in_a_blocking_handler(blocking_pair) -> None:
+    ours, peer = blocking_pair
+    rfile = AsyncReader(ours)
+    peer.sendall(b"x\ny\n")
+
+    async def read() -> list[bytes]:
+        return await rfile.readlines_available()
+
+    assert run_blocking(read()) == [b"x\n", b"y\n"]
+
+
+def test_a_parked_readline_keeps_one_frame_and_yields_the_idle_trap_itself(
+        fake_loop: Reactor, pair) -> None:
+    """What an idle connection keeps alive: the handler's frame awaits one generator of the
+    reader, which yields the reader's own trap (no per-wait trap or wait generator)."""
+    ours, _ = pair
+    rfile = make_reader(ours, fake_loop, idle_timeout=300)
+
+    async def handle() -> bytes:
+        return await rfile.readline()
+
+    coro = handle()
+    task = spawn(fake_loop, coro)
+    run_until_idle(fake_loop)
+    assert task.trap is rfile._trap
+    awaited = coro.cr_await
+    assert inspect.isgenerator(awaited) and awaited.gi_yieldfrom is None
+    task.coro.close()

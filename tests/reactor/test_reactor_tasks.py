@@ -259,6 +259,68 @@ def test_a_read_wait_times_out_at_its_deadline(fake_loop: Reactor, clock: FakeCl
     assert "did not send data within 5 s" in task.result
 
 
+def test_many_waits_time_out_each_at_its_own_deadline(fake_loop: Reactor,
+                                                      clock: FakeClock) -> None:
+    """Wait deadlines of many tasks (equal ones too) share one loop timer; each task still
+    times out at its own deadline, in order, and a task whose data came is not timed out."""
+    socks = [socket.socketpair() for _ in range(6)]
+    timeouts = [30, 10, 20, 10, 5, 20]
+    log: list[int] = []
+    timed_out: list[set[int]] = []
+
+    async def reader(index: int) -> None:
+        try:
+            await reactor.wait(WaitReadable(socks[index][0].fileno(), timeout=timeouts[index]))
+        except TimeoutError:
+            log.append(index)
+
+    try:
+        tasks = [fake_loop.spawn(reader(i)) for i in range(len(socks))]
+        run_until_idle(fake_loop)
+        assert fake_loop.statistics()["timers"] == len(socks)
+        socks[2][1].send(b"x")  # task 2 gets its data: it ends without timing out
+        start = clock.now()
+        for moment in (4.9, 5, 9.9, 10, 20, 29.9, 30):
+            clock.advance(start + moment - clock.now())
+            run_until_idle(fake_loop)
+            timed_out.append(set(log))
+            log.clear()
+        # equal deadlines time out in the same turn, in no promised order
+        assert timed_out == [set(), {4}, set(), {1, 3}, {5}, set(), {0}]
+        assert all(task.done for task in tasks)
+        assert fake_loop.statistics()["timers"] == 0
+    finally:
+        for pair_ in socks:
+            for sock in pair_:
+                fake_loop.forget(sock.fileno())
+                sock.close()
+
+
+def test_ended_tasks_do_not_pile_up_behind_a_long_wait_deadline(fake_loop: Reactor,
+                                                                pair) -> None:
+    """Connections that come and go while one waits for 300 s: the deadlines of the ended
+    ones are dropped (the heap is rebuilt), not kept until their time comes."""
+    a, b = pair
+
+    async def idle() -> None:
+        await reactor.wait(WaitReadable(a.fileno(), timeout=300))
+
+    async def brief(sock: socket.socket) -> None:
+        await reactor.wait(WaitReadable(sock.fileno(), timeout=300))
+
+    fake_loop.spawn(idle())
+    for _ in range(500):
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            fake_loop.spawn(brief(ours))
+            run_until_idle(fake_loop)
+            peer.send(b"x")
+            run_until_idle(fake_loop)
+            fake_loop.forget(ours.fileno())
+    assert fake_loop.statistics()["timers"] == 1
+    assert len(fake_loop._deadlines or ()) <= 2 * 64 + 2  # white box: what the heap holds
+
+
 def test_a_write_wait_times_out_when_the_peer_reads_nothing(fake_loop: Reactor, clock: FakeClock,
                                                             pair) -> None:
     a, _ = pair
