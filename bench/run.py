@@ -113,6 +113,9 @@ SUBJECTS: list[Subject] = [
     _subject("ours-async", "ours", "tcp unix udp http tls", True,
              "servers.TCPServer/UnixStreamServer/UDPServer + async handler (reactor mode); "
              "TLS: ssl_context"),
+    _subject("ours-batch", "ours", "tcp unix", True,
+             "servers.TCPServer/UnixStreamServer + async handler reading with the opt-in "
+             "batch API (rfile.readlines_available())"),
     _subject("ours-classic", "ours", "tcp udp", False,
              "servers.TCPServer + blocking handler; servers.UDPServer + DatagramRequestHandler"),
     _subject("ours-threading", "ours", "tcp http", True,
@@ -203,6 +206,7 @@ WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
 #: "stdlib same mode" reference for each of our subjects.
 STDLIB_SAME_MODE = {
     "ours-async": "stdlib-threading",
+    "ours-batch": "stdlib-threading",
     "ours-classic": "stdlib-classic",
     "ours-threading": "stdlib-threading",
     "ours-forking": "stdlib-forking",

@@ -96,7 +96,8 @@ class StreamRequestHandler(BaseRequestHandler):
     def setup(self) -> Any:
         self.connection = self.request
         connection = self.connection
-        if self.disable_nagle_algorithm:
+        if self.disable_nagle_algorithm and not getattr(self.server, "tcp_nodelay", False):
+            # (a server of this library with tcp_nodelay set it at accept: no second syscall)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if self.handle_is_async:
             transport: Transport | None = self._transport  # the server's choice, on a reactor

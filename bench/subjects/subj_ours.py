@@ -65,6 +65,21 @@ class AsyncEcho(handlers.StreamRequestHandler):
             self.wfile.write(line)
 
 
+class AsyncBatchEcho(handlers.StreamRequestHandler):
+    """Reactor-mode line echo with the opt-in batch API: every complete line of a wake-up
+    from one ``readlines_available()`` call; the replies leave in one send."""
+
+    disable_nagle_algorithm = True
+
+    async def handle(self) -> None:
+        while True:
+            lines = await self.rfile.readlines_available()
+            if not lines:
+                break
+            for line in lines:
+                self.wfile.write(line)
+
+
 class ClassicEcho(handlers.StreamRequestHandler):
     """Blocking line echo, same code as the standard library subject."""
 
@@ -147,6 +162,8 @@ def _choose(kind: str, addr: Address, proto: str, tls: ssl.SSLContext | None) ->
         ("ours-async", "tcp"): ("TCPServer", AsyncEcho),
         ("ours-async", "unix"): ("UnixStreamServer", AsyncEcho),
         ("ours-async", "udp"): ("UDPServer", AsyncUdpEcho),
+        ("ours-batch", "tcp"): ("TCPServer", AsyncBatchEcho),
+        ("ours-batch", "unix"): ("UnixStreamServer", AsyncBatchEcho),
         ("ours-classic", "tcp"): ("TCPServer", ClassicEcho),
         ("ours-classic", "udp"): ("UDPServer", UdpEcho),
         ("ours-threading", "tcp"): ("ThreadingTCPServer", ClassicEcho),

@@ -33,6 +33,7 @@ from subj_common import Address, server_tls_context, warm_allocator  # noqa: E40
 #: kind -> module implementing ``serve(kind, addr, proto)``
 KINDS = {
     "ours-async": "subj_ours",
+    "ours-batch": "subj_ours",
     "ours-classic": "subj_ours",
     "ours-threading": "subj_ours",
     "ours-forking": "subj_ours",
