@@ -575,8 +575,8 @@ def test_threading_async_slowloris_is_cut_off_at_request_timeout() -> None:
                 raise
 
     with in_thread(Handler, daemon_threads=True) as server:
+        started = time.monotonic()  # before the connection exists: the server's timer starts later
         with client(server.server_address) as slow:
-            started = time.monotonic()
             cut_off = False
             for _ in range(100):  # a byte every 0.05 s, never a full line
                 slow.sendall(b"G")
@@ -604,8 +604,10 @@ def test_threading_async_silent_keep_alive_is_closed_at_idle_timeout() -> None:
 
     with in_thread(Handler) as server:
         with client(server.server_address) as idle:
+            # The server's idle wait starts after it has the line, so after this send: from
+            # here the close cannot come sooner than idle_timeout (from the reply it can).
+            started = time.monotonic()
             idle.sendall(b"one\n")
             assert idle.recv(10) == b"one\n"
-            started = time.monotonic()
             assert idle.recv(10) == b""  # closed by the server, not by our 10 s timeout
             assert 0.3 <= time.monotonic() - started < 3
