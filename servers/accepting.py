@@ -118,8 +118,6 @@ class Accepting:
         try:
             request, client_address = self.get_request()
         except OSError as exc:
-            if not isinstance(exc, (BlockingIOError, InterruptedError)):
-                self._failed_accepts += 1
             self._accept_failed(exc)
             return
         self._accept_count += 1
@@ -134,6 +132,10 @@ class Accepting:
             self._admit_request(request, client_address)
 
     def _accept_failed(self, exc: OSError) -> None:
+        """`get_request()` (or a datagram server's receive) raised `exc`: count it unless it
+        was "would block", and pause accepting after an out-of-resources error."""
+        if not isinstance(exc, (BlockingIOError, InterruptedError)):
+            self._failed_accepts += 1
         if exc.errno not in _RESOURCE_ERRNOS or self._reactor is None:
             return  # the standard library ignores accept errors (a reset client, EAGAIN)
         if not self._episode_logged:

@@ -143,8 +143,6 @@ class UDPServer(TCPServer):
             try:
                 data, client_address = receive(size, socket.MSG_DONTWAIT)
             except OSError as exc:
-                if not isinstance(exc, (BlockingIOError, InterruptedError)):
-                    self._failed_accepts += 1
                 self._accept_failed(exc)
                 return
             self._accept_count += 1

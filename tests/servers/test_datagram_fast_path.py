@@ -9,7 +9,6 @@ One file for the whole fast path (inline runs, tasks, batches, hooks, faults), h
 from __future__ import annotations
 
 import os
-import select
 import socket
 import sys
 import tempfile
@@ -21,21 +20,10 @@ import pytest
 import reactor
 import servers
 from reactor import Stage
+from test_builtin import readable, turn_until
 
 
 # --------------------------------------------------------------------------- helpers
-def turn_until(loop: reactor.Reactor, condition: Callable[[], bool], turns: int = 400) -> None:
-    for _ in range(turns):
-        if condition():
-            return
-        loop.run_once(0.05)
-    raise AssertionError("the condition was not reached")
-
-
-def readable(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
-
-
 class Family:
     """One datagram family: how to make its server and a client that can receive replies."""
 
