@@ -42,30 +42,29 @@ class _FrozenTrap:
         return f"{type(self).__name__}({fields})"
 
 
-class WaitReadable(_FrozenTrap):
+class _DescriptorTrap(_FrozenTrap):
+    """A wait on descriptor `fd`, bounded by `timeout` seconds (None: no limit)."""
+
+    __slots__ = ("fd", "timeout")
+    _fields = __slots__
+    fd: int
+    timeout: float | None
+
+    def __init__(self, fd: int, timeout: float | None = None) -> None:
+        object.__setattr__(self, "fd", fd)
+        object.__setattr__(self, "timeout", timeout)
+
+
+class WaitReadable(_DescriptorTrap):
     """Suspend until `fd` is readable; `timeout` seconds (None: no limit) then TimeoutError."""
 
-    __slots__ = ("fd", "timeout")
-    _fields = __slots__
-    fd: int
-    timeout: float | None
-
-    def __init__(self, fd: int, timeout: float | None = None) -> None:
-        object.__setattr__(self, "fd", fd)
-        object.__setattr__(self, "timeout", timeout)
+    __slots__ = ()
 
 
-class WaitWritable(_FrozenTrap):
+class WaitWritable(_DescriptorTrap):
     """Suspend until `fd` is writable; `timeout` seconds (None: no limit) then TimeoutError."""
 
-    __slots__ = ("fd", "timeout")
-    _fields = __slots__
-    fd: int
-    timeout: float | None
-
-    def __init__(self, fd: int, timeout: float | None = None) -> None:
-        object.__setattr__(self, "fd", fd)
-        object.__setattr__(self, "timeout", timeout)
+    __slots__ = ()
 
 
 class Sleep(_FrozenTrap):

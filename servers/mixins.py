@@ -20,7 +20,6 @@ in `os._exit()`, as the standard library's does.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import ChildDispatch, ThreadDispatch
@@ -31,8 +30,6 @@ else:
     _ServerBase = object  # at run time their only base is object, as in the standard library
 
 __all__ = ["ThreadingMixIn", "ForkingMixIn"]
-
-logger = logging.getLogger("servers")
 
 
 class ThreadingMixIn(_ServerBase):
