@@ -196,9 +196,7 @@ class Admission:
         self._handshake_failed(TimeoutError("the handshake did not complete"))
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        if self.entry.stage is Stage.CLOSED:  # see _close()
-            self._timer = None
-            self._waiting = ""
+        if self._ended_without_us():
             return
         tls_stage.log_handshake_failure(self.server._name(), self.entry.client_address, exc,
                                         self.server.ssl_handshake_timeout)
@@ -294,21 +292,26 @@ class Admission:
 
     def _fail(self, level: int, message: str, *args: Any) -> None:
         """End the connection alone, with one log line naming the server and the peer."""
-        if self.entry.stage is Stage.CLOSED:  # see _close()
-            self._timer = None
-            self._waiting = ""
+        if self._ended_without_us():
             return
         logger.log(level, "%s: closing connection from %s: " + message, self.server._name(),
                    self.entry.client_address, *args)
         self._close()
 
-    def _close(self) -> None:
-        """End the connection without running its handler (its failure is logged already).
+    def _ended_without_us(self) -> bool:
+        """True when the connection was ended already, without us: a drain past
+        `shutdown_timeout` abandons staged entries, and then only our timer can still fire.
+        Its descriptor number may belong to another connection by now, and the server may
+        have left the reactor: nothing may be touched or logged, only our state forgotten."""
+        if self.entry.stage is not Stage.CLOSED:
+            return False
+        self._timer = None
+        self._waiting = ""
+        return True
 
-        Callers check first that the entry is not CLOSED already: a drain past
-        `shutdown_timeout` abandons staged entries without us, and then only our timer can
-        still fire. Its descriptor number may belong to another connection by now, and the
-        server may have left the reactor: nothing may be touched or logged."""
+    def _close(self) -> None:
+        """End the connection without running its handler (its failure is logged already;
+        callers check `_ended_without_us()` first)."""
         self._end_wait()
         self._disarm()
         entry = self.entry
